@@ -1,0 +1,413 @@
+"""What lives where on the hybrid compute-in-memory chip, and programming a chip.
+
+The paper's mapping (Wu et al., HaLoRA, arXiv 2502.19747):
+
+    RRAM analog CIM   the frozen base weights of the linear layers inside the
+                      transformer blocks (q, k, v, o, gate, up, down): dense, efficient, noisy
+    SRAM digital CIM  the LoRA branches A and B (and the attention matmuls, which have
+                      no weights): exact and rewritable
+    digital           embeddings, norms, biases, softmax, activations, lm_head (by default)
+
+Programming a chip writes the RRAM-placed weights through a noise model, once per chip
+seed. Each layer's draw derives from (seed, layer name) alone, so the same chip comes
+out whatever the order of layers and whether or not a PEFT adapter wraps the model:
+every adapter is evaluated on identical chips. The LoRA path is never touched.
+
+Undo is exact: the clean weights are stashed before the first write and copied back
+bit for bit. To keep peak memory near the clean model's (a second copy of a 3B model
+does not fit beside it on a GPU), the stash lives off the weights' device: in host
+memory for accelerator weights, in an unlinked temporary file for CPU weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch import nn
+
+from halora.errors import UsageError
+from halora.noise import NoiseModel, parse_noise_spec, split_noise
+
+# Llama/Qwen/Gemma/Mistral names; GPT-2 style models use c_attn, c_proj, c_fc.
+DEFAULT_RRAM_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+ALL_LINEAR = "all-linear"
+_IN_BLOCK = re.compile(r"\.\d+\.")  # a module inside a ModuleList of blocks: "...layers.3.mlp..."
+_PEFT_PREFIX = "base_model.model."
+
+Place = Literal["rram", "sram", "digital"]
+Store = Literal["auto", "host", "disk"]
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Which weights go onto RRAM. Everything else is SRAM (LoRA) or digital."""
+
+    # Leaf names of the block linear layers mapped to RRAM, or ("all-linear",) for every
+    # linear layer inside a block (GPT-2's Conv1D included).
+    rram_targets: tuple[str, ...] = DEFAULT_RRAM_TARGETS
+    # The paper maps the transformer blocks only; lm_head is a large matrix too and a
+    # designer may want it on RRAM (it is then noisy, and untied from the embeddings).
+    lm_head: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.rram_targets:
+            raise UsageError("the RRAM placement needs at least one target layer name")
+
+
+def canonical_name(name: str) -> str:
+    """The layer's name without PEFT's wrapping, so draws match with and without an adapter."""
+    if name.startswith(_PEFT_PREFIX):
+        name = name[len(_PEFT_PREFIX):]
+    return name.replace(".base_layer", "")
+
+
+def _is_linear(module: nn.Module) -> bool:
+    # transformers' Conv1D (GPT-2) is a linear layer with a transposed weight.
+    return isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"
+
+
+def _adapter_module_ids(model: nn.Module) -> set[int]:
+    """ids of the modules inside adapter branches (LoRA A and B, dropout): the SRAM side."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    adapter_ids: set[int] = set()
+    for module in model.modules():
+        if isinstance(module, BaseTunerLayer):
+            base = module.get_base_layer()
+            base_ids = {id(m) for m in base.modules()}
+            adapter_ids.update(id(child) for child in module.modules()
+                               if child is not module and id(child) not in base_ids)
+    return adapter_ids
+
+
+def rram_layers(model: nn.Module, placement: Placement = Placement()) -> dict[str, nn.Module]:
+    """Canonical name -> linear layer whose weight lives on RRAM, in model order."""
+    lora_ids = _adapter_module_ids(model)
+    every_linear = placement.rram_targets == (ALL_LINEAR,)
+    layers: dict[str, nn.Module] = {}
+    for name, module in model.named_modules():
+        if not _is_linear(module) or id(module) in lora_ids:
+            continue
+        canonical = canonical_name(name)
+        leaf = canonical.rsplit(".", 1)[-1]
+        in_block = bool(_IN_BLOCK.search(f".{canonical}."))
+        targeted = in_block and (every_linear or leaf in placement.rram_targets)
+        if targeted or (placement.lm_head and leaf == "lm_head"):
+            layers[canonical] = module
+    if not layers:
+        raise UsageError(
+            f"no linear layer inside the transformer blocks matches the RRAM targets "
+            f"{', '.join(placement.rram_targets)}: name them with --rram-targets or use {ALL_LINEAR}"
+        )
+    return layers
+
+
+@dataclass
+class PlacementReport:
+    """Parameters per place, as in the paper's "LoRA is 0.15 % of LLaMA-3.2-1B"."""
+
+    params: dict[str, int]
+    rram_layers: int
+    lora_modules: int
+    tile: tuple[int, int] = (64, 64)
+    rram_tiles: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        return sum(self.params.values())
+
+    def share(self, place: str) -> float:
+        return self.params[place] / self.total if self.total else 0.0
+
+    def to_json(self) -> dict:
+        return {
+            "params": self.params,
+            "total_params": self.total,
+            "share": {place: self.share(place) for place in self.params},
+            "rram_layers": self.rram_layers,
+            "lora_modules": self.lora_modules,
+            "rram_tiles": self.rram_tiles,
+            "tile": list(self.tile),
+            "notes": self.notes,
+        }
+
+
+def placement_report(
+    model: nn.Module, placement: Placement = Placement(), tile: tuple[int, int] = (64, 64)
+) -> PlacementReport:
+    """Count every parameter once (tied weights once) as RRAM, SRAM (LoRA) or digital."""
+    layers = rram_layers(model, placement)
+    rram_ids = {id(layer.weight) for layer in layers.values()}
+    lora_ids = _adapter_module_ids(model)
+    sram_ids = {id(p) for m in model.modules() if id(m) in lora_ids for p in m.parameters(recurse=False)}
+    params = {"rram": 0, "sram": 0, "digital": 0}
+    for parameter in model.parameters():  # yields each shared tensor once
+        place = ("rram" if id(parameter) in rram_ids
+                 else "sram" if id(parameter) in sram_ids else "digital")
+        params[place] += parameter.numel()
+    tiles = sum(_tile_count(layer.weight.shape, tile) for layer in layers.values())
+    notes = []
+    if placement.lm_head and _tied_lm_head(model):
+        notes.append("lm_head is tied to the input embeddings: programming unties it")
+    return PlacementReport(params, len(layers), _count_lora_modules(model), tile, tiles, notes)
+
+
+def _count_lora_modules(model: nn.Module) -> int:
+    from peft.tuners.lora import LoraLayer
+
+    return sum(1 for m in model.modules() if isinstance(m, LoraLayer))
+
+
+def _tile_count(shape: torch.Size, tile: tuple[int, int]) -> int:
+    rows, cols = shape
+    return -(-rows // tile[0]) * -(-cols // tile[1])
+
+
+def _tied_lm_head(model: nn.Module) -> bool:
+    get_in, get_out = (getattr(model, "get_input_embeddings", None),
+                       getattr(model, "get_output_embeddings", None))
+    if get_in is None or get_out is None or get_out() is None:
+        return False
+    return get_in().weight is get_out().weight
+
+
+def layer_seed(seed: int, name: str) -> int:
+    """A 63-bit seed from (chip seed, canonical layer name): order-independent draws."""
+    digest = hashlib.sha256(f"halora:{seed}:{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def layer_generator(seed: int, name: str, device: torch.device) -> torch.Generator:
+    generator = torch.Generator(device=device)
+    generator.manual_seed(layer_seed(seed, name))
+    return generator
+
+
+class _HostStash:
+    """Clean weights as CPU tensors: for weights on an accelerator."""
+
+    def __init__(self) -> None:
+        self._tensors: dict[str, torch.Tensor] = {}
+
+    def put(self, name: str, weight: torch.Tensor) -> None:
+        self._tensors[name] = weight.detach().to("cpu", copy=True)
+
+    def restore_into(self, name: str, weight: torch.Tensor) -> None:
+        weight.copy_(self._tensors[name])
+
+    def close(self) -> None:
+        self._tensors.clear()
+
+
+class _DiskStash:
+    """Clean weights as raw bytes in an unlinked temporary file: for CPU weights, where
+    host memory is the same memory. Restoring reads straight into the weight's storage."""
+
+    def __init__(self, directory: str | None = None) -> None:
+        # closed in close(), when the chip is restored; unlinked from the start
+        self._file = tempfile.TemporaryFile(  # noqa: SIM115
+            dir=directory or os.environ.get("HALORA_STASH_DIR"))
+        self._offsets: dict[str, tuple[int, int]] = {}
+
+    def put(self, name: str, weight: torch.Tensor) -> None:
+        data = _raw_bytes(weight.detach().to("cpu").contiguous())
+        offset = self._file.seek(0, os.SEEK_END)
+        self._file.write(data)
+        self._offsets[name] = (offset, len(data))
+
+    def restore_into(self, name: str, weight: torch.Tensor) -> None:
+        offset, size = self._offsets[name]
+        self._file.seek(offset)
+        if weight.device.type == "cpu" and weight.is_contiguous():
+            view = _raw_bytes(weight.detach())
+            if self._file.readinto(view) != size:
+                raise RuntimeError(f"stash of {name} is truncated")
+            return
+        staging = torch.empty_like(weight, device="cpu").contiguous()
+        self._file.readinto(_raw_bytes(staging))
+        weight.copy_(staging)
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def _raw_bytes(tensor: torch.Tensor) -> memoryview:
+    """A writable byte view of a contiguous CPU tensor's storage (bf16 included)."""
+    return memoryview(tensor.view(-1).view(torch.uint8).numpy())
+
+
+class Chip:
+    """One programmed chip: a noise model written into a model's RRAM-placed weights.
+
+    Use `program_chip(...)` as a context manager, or call `restore()` yourself.
+    `reprogram(seed)` draws a new chip from the same clean weights (training re-draws
+    the noise every K steps this way) without stashing them again.
+    """
+
+    def __init__(self, model: nn.Module, noise: NoiseModel | str, seed: int,
+                 placement: Placement = Placement(), store: Store = "auto") -> None:
+        self.model = model
+        self.noise = parse_noise_spec(noise) if isinstance(noise, str) else noise
+        self.programming, self.read = split_noise(self.noise)
+        self.placement = placement
+        self.layers = rram_layers(model, placement)
+        self.seed = seed
+        self._untied: nn.Parameter | None = None
+        self._stash = None
+        self._hooks: list = []
+        self._store = store
+        self._program_all(seed, first=True)
+        self._install_read_noise()
+
+    @property
+    def programmed(self) -> bool:
+        return self._stash is not None
+
+    def reprogram(self, seed: int) -> None:
+        """Draw a new chip (new seed) from the stashed clean weights."""
+        if not self.programmed:
+            raise RuntimeError("this chip was restored; program a new one")
+        self.seed = seed
+        self._program_all(seed, first=False)
+
+    def restore(self) -> None:
+        """Put the clean weights back, bit for bit, and remove the read-noise hooks."""
+        if not self.programmed:
+            return
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks.clear()
+        with torch.no_grad():
+            for name, layer in self.layers.items():
+                self._stash.restore_into(name, layer.weight)
+        self._stash.close()
+        self._stash = None
+        self._retie_lm_head()
+
+    @torch.no_grad()
+    def _program_all(self, seed: int, first: bool) -> None:
+        if first:
+            self._untie_lm_head_if_placed()
+            self._stash = self._make_stash()
+        for name, layer in self.layers.items():
+            weight = layer.weight
+            if first:
+                self._stash.put(name, weight)
+            else:
+                self._stash.restore_into(name, weight)
+            if self.programming is not None:
+                generator = layer_generator(seed, name, weight.device)
+                weight.copy_(_as_linear_layout(layer, self.programming.apply,
+                                               weight, generator))
+
+    def _make_stash(self):
+        devices = {layer.weight.device.type for layer in self.layers.values()}
+        store = self._store
+        if store == "auto":
+            store = "disk" if devices == {"cpu"} else "host"
+        if store == "host":
+            return _HostStash()
+        if store == "disk":
+            return _DiskStash()
+        raise UsageError(f"unknown stash store {store!r}: use auto, host or disk")
+
+    def _install_read_noise(self) -> None:
+        if self.read is None:
+            return
+        for name, layer in self.layers.items():
+            self._hooks.append(_ReadNoiseHook.attach(layer, self.read, self.seed, name))
+
+    def _untie_lm_head_if_placed(self) -> None:
+        """A tied lm_head on RRAM gets its own copy, so the embeddings stay clean."""
+        if not (self.placement.lm_head and _tied_lm_head(self.model)):
+            return
+        head = self.model.get_output_embeddings()
+        self._untied = head.weight
+        head.weight = nn.Parameter(head.weight.detach().clone(),
+                                   requires_grad=head.weight.requires_grad)
+        for name, layer in self.layers.items():
+            if layer is head:
+                self.layers[name] = head
+
+    def _retie_lm_head(self) -> None:
+        if self._untied is not None:
+            self.model.get_output_embeddings().weight = self._untied
+            self._untied = None
+
+    def __enter__(self) -> Chip:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.restore()
+
+
+def _as_linear_layout(layer: nn.Module, apply, weight: torch.Tensor, generator) -> torch.Tensor:
+    """Noise models see [out, in] as nn.Linear stores it; Conv1D stores [in, out]."""
+    if isinstance(layer, nn.Linear):
+        return apply(weight, generator)
+    return apply(weight.t(), generator).t()
+
+
+class _ReadNoiseHook:
+    """Read noise: a fresh draw around the programmed weight at every forward pass.
+
+    The programmed weight is swapped out for a noisy copy before the layer runs and
+    swapped back after, so one layer's worth of memory is extra at any time. Draws come
+    from a per-layer generator seeded from (chip seed, name): a run is reproducible.
+    """
+
+    def __init__(self, layer: nn.Module, model: NoiseModel, seed: int, name: str) -> None:
+        self.layer, self.model = layer, model
+        self.generator = layer_generator(seed, f"read:{name}", layer.weight.device)
+        self.saved: torch.Tensor | None = None
+
+    @classmethod
+    def attach(cls, layer: nn.Module, model: NoiseModel, seed: int, name: str):
+        hook = cls(layer, model, seed, name)
+        pre = layer.register_forward_pre_hook(hook.before)
+        post = layer.register_forward_hook(hook.after)
+        return _Handles(pre, post)
+
+    def before(self, module: nn.Module, args) -> None:
+        self.saved = module.weight.data
+        with torch.no_grad():
+            module.weight.data = _as_linear_layout(module, self.model.apply, self.saved,
+                                                   self.generator)
+
+    def after(self, module: nn.Module, args, output) -> None:
+        module.weight.data = self.saved
+        self.saved = None
+
+
+@dataclass
+class _Handles:
+    pre: torch.utils.hooks.RemovableHandle
+    post: torch.utils.hooks.RemovableHandle
+
+    def remove(self) -> None:
+        self.pre.remove()
+        self.post.remove()
+
+
+@contextmanager
+def program_chip(model: nn.Module, noise: NoiseModel | str, seed: int,
+                 placement: Placement = Placement(), store: Store = "auto") -> Iterator[Chip]:
+    """Program one chip for the duration of a with-block; the clean model comes back after.
+
+    >>> with program_chip(model, "gaussian:sigma=0.02", seed=0):
+    ...     evaluate(model)
+    """
+    chip = Chip(model, noise, seed, placement, store)
+    try:
+        yield chip
+    finally:
+        chip.restore()

@@ -1,0 +1,78 @@
+"""The `halora` command: one sub-command per job, each in halora/commands/<name>.py.
+
+A command module provides `HELP` (one line), `add_arguments(parser)` and `run(args) -> int`.
+Bad input raises UsageError anywhere below; it is printed here as one line, exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from halora import __version__
+from halora.errors import UsageError
+
+COMMANDS = ("place", "energy", "train", "eval", "sweep", "demo")
+
+
+def _load(name: str):
+    return importlib.import_module(f"halora.commands.{name}")
+
+
+def build_parser(commands: tuple[str, ...] = COMMANDS) -> tuple[
+        argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The top parser and each command's parser (config files set the latter's defaults)."""
+    parser = argparse.ArgumentParser(
+        prog="halora",
+        description="LoRA on hybrid RRAM/SRAM compute-in-memory: noise, training, evaluation, energy.",
+    )
+    parser.add_argument("--version", action="version", version=f"halora {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    command_parsers = {}
+    for name in commands:
+        try:
+            module = _load(name)
+        except ModuleNotFoundError as err:
+            if err.name == f"halora.commands.{name}":
+                continue  # not built yet
+            raise
+        command_parser = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        module.add_arguments(command_parser)
+        command_parser.set_defaults(_run=module.run)
+        command_parsers[name] = command_parser
+    return parser, command_parsers
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    """Parse; where the command has --config FILE, its keys become defaults and flags win."""
+    parser, command_parsers = build_parser()
+    args = parser.parse_args(argv)
+    config_path = getattr(args, "config", None)
+    if config_path:
+        from halora.commands.common import load_config_file
+
+        config = load_config_file(config_path)
+        unknown = sorted(set(config) - set(vars(args)) - {"config"})
+        if unknown:
+            raise UsageError(f"config file {config_path} has unknown keys {', '.join(unknown)}: "
+                             f"use the flag names of `halora {args.command} --help`")
+        command_parsers[args.command].set_defaults(**config)
+        args = parser.parse_args(argv)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = _parse(argv)
+        return int(args._run(args) or 0)
+    except UsageError as err:
+        print(f"halora: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("halora: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""LoRA through PEFT, and the HaLoRA regulariser.
+
+A LoRA layer computes, with the base weight W0 on (noisy) RRAM and A, B on exact SRAM:
+
+        x ──► [ W0 + N ]  (RRAM, frozen, noisy) ─────────────┐
+        │                                                     (+) ──► y
+        └──► dropout ──► A (r × d_in) ──► B (d_out × r) ──► ×α/r ┘   (SRAM, trained, exact)
+
+HaLoRA (Wu et al., arXiv 2502.19747) adds to the task loss
+
+        μ · Σ_modules ( ‖A Aᵀ‖₂ + ‖Bᵀ B‖₂ )
+
+(spectral norms of r × r matrices: exact and cheap) because the gap between the LoRA
+updates under noisy and clean base weights is bounded by that factor times the
+gradient error the noise causes. The paper leaves two choices open; both are settings:
+`reduction` (sum over modules, or mean: the sum grows with the number of modules and at
+μ = 0.1 dominates the loss of a 150-module model) and `scaled` (whether the term is taken
+of the scaled factors √(α/r)·A and √(α/r)·B, i.e. multiplied by α/r).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from peft.tuners.lora import LoraLayer
+from torch import nn
+
+from halora.errors import UsageError
+
+PAPER_TARGETS = ("q_proj", "k_proj", "v_proj", "up_proj", "down_proj")
+Reduction = Literal["sum", "mean"]
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    """The adapter. Defaults are the paper's: rank 4 on q, k, v, up, down."""
+
+    rank: int = 4
+    alpha: float = 8.0  # 2r, the common choice; the paper does not give it
+    dropout: float = 0.05
+    targets: tuple[str, ...] = PAPER_TARGETS
+    rslora: bool = False  # scale by α/√r instead of α/r (Kalajdzievski 2023)
+
+    def __post_init__(self) -> None:
+        if self.rank < 1:
+            raise UsageError(f"LoRA rank must be >= 1, got {self.rank}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise UsageError(f"LoRA dropout must be in [0, 1), got {self.dropout}")
+        if not self.targets:
+            raise UsageError("LoRA needs at least one target module name")
+
+    def peft_config(self) -> LoraConfig:
+        return LoraConfig(
+            r=self.rank,
+            lora_alpha=self.alpha,
+            lora_dropout=self.dropout,
+            target_modules=list(self.targets),
+            use_rslora=self.rslora,
+            bias="none",
+            task_type="CAUSAL_LM",
+        )
+
+
+def attach_lora(model: nn.Module, settings: LoraSettings = LoraSettings()) -> PeftModel:
+    """Wrap a causal LM with a fresh trainable LoRA adapter; the base stays frozen."""
+    try:
+        return get_peft_model(model, settings.peft_config())
+    except ValueError as err:
+        raise UsageError(f"cannot attach LoRA to targets {', '.join(settings.targets)}: "
+                         f"{str(err).splitlines()[0]}") from err
+
+
+@dataclass(frozen=True)
+class LoraFactors:
+    name: str
+    a: torch.Tensor  # r × d_in
+    b: torch.Tensor  # d_out × r
+    scaling: float   # α/r (or α/√r with rsLoRA)
+
+
+def lora_factors(model: nn.Module) -> list[LoraFactors]:
+    """The active adapter's (A, B) of every LoRA layer, as live parameters."""
+    factors = []
+    for name, module in model.named_modules():
+        if not isinstance(module, LoraLayer):
+            continue
+        for adapter in module.active_adapters:
+            if adapter in module.lora_A:
+                factors.append(LoraFactors(name, module.lora_A[adapter].weight,
+                                           module.lora_B[adapter].weight,
+                                           float(module.scaling[adapter])))
+    return factors
+
+
+def halora_regularizer(factors: list[LoraFactors], reduction: Reduction = "mean",
+                       scaled: bool = False) -> torch.Tensor:
+    """Σ or mean over modules of ‖A Aᵀ‖₂ + ‖Bᵀ B‖₂ (times α/r when `scaled`).
+
+    A Aᵀ and Bᵀ B are symmetric positive semi-definite, so their spectral norm is their
+    largest eigenvalue; modules of one rank are stacked and solved in one batched call,
+    which keeps the term a small share of a training step.
+    """
+    if not factors:
+        raise UsageError("the HaLoRA regulariser needs a model with LoRA layers")
+    if reduction not in ("sum", "mean"):
+        raise UsageError(f"unknown reduction {reduction!r}: use sum or mean")
+    by_rank: dict[int, list[LoraFactors]] = defaultdict(list)
+    for factor in factors:
+        by_rank[factor.a.shape[0]].append(factor)
+    terms = []
+    for group in by_rank.values():
+        # at least float32: bf16 Gram matrices lose the eigenvalue's precision
+        dtype = torch.promote_types(group[0].a.dtype, torch.float32)
+        a_list = [f.a.to(dtype) for f in group]
+        b_list = [f.b.to(dtype) for f in group]
+        grams = [a @ a.T for a in a_list] + [b.T @ b for b in b_list]
+        largest = torch.linalg.eigvalsh(torch.stack(grams))[:, -1]
+        per_module = largest[: len(group)] + largest[len(group):]
+        if scaled:
+            per_module = per_module * per_module.new_tensor([f.scaling for f in group])
+        terms.append(per_module)
+    total = torch.cat(terms).sum()
+    return total / len(factors) if reduction == "mean" else total

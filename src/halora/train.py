@@ -1,0 +1,387 @@
+"""Training a LoRA adapter for a noisy chip: four methods on one code path.
+
+    method   noise in the frozen base   HaLoRA regulariser
+    lora     no                         no      the paper's baseline
+    noisy    yes, re-drawn every K      no      noise injection alone (IBM's AHWA-LoRA recipe)
+    reg      no                         yes     the regulariser alone (an ablation)
+    halora   yes, re-drawn every K      yes     the paper's method
+
+Training runs on transformers' Trainer, so `accelerate launch` and `torchrun` (DDP,
+DeepSpeed ZeRO-1/2) work unchanged. The noise is written into the RRAM-placed base
+weights in place (halora.cim.Chip), so the forward and the backward pass both see the
+noisy base exactly as the chip would; the LoRA weights, the optimizer state and the
+saved adapter never contain noise. Every rank derives the same draw from
+(noise seed, draw index), so data-parallel ranks train on the same chip. Sharded
+parameters (FSDP, ZeRO-3) cannot hold per-tile noise written in place: the noisy
+methods refuse them with a clear error; lora and reg run under them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import platform
+import sys
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch.utils.data import Dataset
+from transformers import (
+    DataCollatorForSeq2Seq,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+    set_seed,
+)
+from transformers.trainer_utils import get_last_checkpoint
+
+from halora import files
+from halora.cim import Chip, Placement, canonical_name
+from halora.encoding import encode_pair
+from halora.errors import UsageError
+from halora.lora import LoraSettings, attach_lora, halora_regularizer, lora_factors
+from halora.noise import parse_noise_spec
+
+Method = Literal["lora", "noisy", "reg", "halora"]
+METHODS: tuple[str, ...] = ("lora", "noisy", "reg", "halora")
+SIDECAR = "halora.json"
+LOG_FILE = "train_log.jsonl"
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """One training run. Config-file keys are these names; CLI flags are the same with dashes."""
+
+    method: str = "halora"
+    # Training noise: the paper injects tile-64 Gaussian noise at sigma 0.01 ...
+    noise: str = "gaussian:sigma=0.01,scale=tile,tile=64"
+    # ... re-drawn every K = 400 steps so the adapter does not fit one draw.
+    redraw_every: int = 400
+    noise_seed: int = 1234
+    # mu = 0.1 is the paper's; "mean" over modules keeps mu's meaning independent of the
+    # number of LoRA modules (summed over 150 modules the term swamps the task loss).
+    mu: float = 0.1
+    reduction: str = "mean"
+    reg_scaled: bool = False  # multiply each module's term by its LoRA scaling alpha/r
+    mu_warmup_steps: int = 0  # ramp mu linearly from 0 over these steps
+    steps: int = 300
+    batch_size: int = 8
+    grad_accum: int = 1
+    lr: float = 1e-3
+    warmup_steps: int = 20
+    schedule: str = "linear"  # any transformers lr_scheduler_type
+    weight_decay: float = 0.0
+    max_length: int = 256
+    train_on_inputs: bool = False  # LLM-Adapters' option: loss on the prompt tokens too
+    seed: int = 0
+    precision: str = "fp32"  # fp32, bf16 or fp16 (the latter two on GPU)
+    gradient_checkpointing: bool = False
+    save_steps: int = 100
+    logging_steps: int = 10
+    report_to: tuple[str, ...] = ()  # e.g. ("tensorboard",) or ("wandb",) when installed
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise UsageError(f"unknown method {self.method!r}: use one of {', '.join(METHODS)}")
+        if self.redraw_every < 1 or self.steps < 1 or self.batch_size < 1 or self.grad_accum < 1:
+            raise UsageError("steps, batch size, gradient accumulation and redraw period must be >= 1")
+        if self.mu < 0:
+            raise UsageError(f"mu must be >= 0, got {self.mu}")
+        if self.reduction not in ("sum", "mean"):
+            raise UsageError(f"unknown reduction {self.reduction!r}: use sum or mean")
+        if self.precision not in ("fp32", "bf16", "fp16"):
+            raise UsageError(f"unknown precision {self.precision!r}: use fp32, bf16 or fp16")
+        parse_noise_spec(self.noise)  # fail before any work on a bad spec
+
+    @property
+    def injects_noise(self) -> bool:
+        return self.method in ("noisy", "halora")
+
+    @property
+    def regularizes(self) -> bool:
+        return self.method in ("reg", "halora") and self.mu > 0
+
+    @classmethod
+    def keys(cls) -> set[str]:
+        return {f.name for f in fields(cls)}
+
+
+class PairDataset(Dataset):
+    """Tokenized prompt/answer examples; labels are -100 on the prompt unless train_on_inputs."""
+
+    def __init__(self, examples, tokenizer: PreTrainedTokenizerBase, max_length: int,
+                 train_on_inputs: bool = False) -> None:
+        if not examples:
+            raise UsageError("no training examples: check --tasks and --train-n")
+        self.items = []
+        for example in examples:
+            encoded = encode_pair(tokenizer, example.prompt, example.answer, max_length)
+            labels = list(encoded.input_ids)
+            if not train_on_inputs:
+                labels[: encoded.answer_start] = [-100] * encoded.answer_start
+            self.items.append({"input_ids": encoded.input_ids,
+                               "attention_mask": [1] * len(encoded.input_ids), "labels": labels})
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict:
+        return self.items[index]
+
+
+def draw_seed(noise_seed: int, draw: int) -> int:
+    """The chip seed of the draw-th training noise draw: disjoint from evaluation seeds."""
+    digest = hashlib.sha256(f"train:{noise_seed}:{draw}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+class NoiseInjection(TrainerCallback):
+    """Programs the base with a fresh draw at steps 0, K, 2K, ... and restores it at the end.
+
+    The draw index is global_step // K, so a resumed run programs the same draw it would
+    have had at that step.
+    """
+
+    def __init__(self, model: torch.nn.Module, settings: TrainSettings, placement: Placement):
+        self.model, self.settings, self.placement = model, settings, placement
+        self.chip: Chip | None = None
+        self.draws: list[tuple[int, int]] = []  # (global step, draw index) of each programming
+
+    def _program(self, step: int) -> None:
+        draw = step // self.settings.redraw_every
+        seed = draw_seed(self.settings.noise_seed, draw)
+        if self.chip is None:
+            self.chip = Chip(self.model, self.settings.noise, seed, self.placement)
+        else:
+            self.chip.reprogram(seed)
+        self.draws.append((step, draw))
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._program(state.global_step)
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        step = state.global_step
+        if step % self.settings.redraw_every == 0 and (not self.draws or self.draws[-1][0] != step):
+            self._program(step)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.close()
+
+    def close(self) -> None:
+        if self.chip is not None:
+            self.chip.restore()
+            self.chip = None
+
+
+class JsonlLog(TrainerCallback):
+    """Every log record (loss, reg term, lr, ...) appended to train_log.jsonl."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and logs:
+            with self.path.open("a", encoding="utf-8") as handle:
+                handle.write(json.dumps({"step": state.global_step, **logs}) + "\n")
+
+
+class HaloraTrainer(Trainer):
+    """Trainer whose loss is L_task + mu(t) * L_reg; the reg term is logged apart."""
+
+    def __init__(self, *args, settings: TrainSettings, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.settings = settings
+        self._reg_sum, self._reg_count = 0.0, 0
+
+    def mu_at(self, step: int) -> float:
+        if not self.settings.regularizes:
+            return 0.0
+        if self.settings.mu_warmup_steps <= 0:
+            return self.settings.mu
+        return self.settings.mu * min(1.0, (step + 1) / self.settings.mu_warmup_steps)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        mu = self.mu_at(self.state.global_step)
+        if mu == 0.0 or not model.training:
+            return result
+        loss, outputs = result if return_outputs else (result, None)
+        reg = halora_regularizer(lora_factors(self.accelerator.unwrap_model(model)),
+                                 self.settings.reduction, self.settings.reg_scaled)
+        self._reg_sum += float(reg.detach())
+        self._reg_count += 1
+        # The task loss may already be normalised over the whole accumulated batch; then the
+        # Trainer will not divide by the accumulation steps, so the reg term must be.
+        if self._loss_scaled_for_accumulation(num_items_in_batch):
+            reg = reg / self.current_gradient_accumulation_steps
+        loss = loss + mu * reg.to(loss.dtype)
+        return (loss, outputs) if return_outputs else loss
+
+    def _loss_scaled_for_accumulation(self, num_items_in_batch) -> bool:
+        if self.loss_is_scaled_for_ga is not None:
+            return self.loss_is_scaled_for_ga
+        return (self.model_accepts_loss_kwargs and num_items_in_batch is not None) or (
+            self.compute_loss_func is not None)
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if self._reg_count and "loss" in logs:
+            logs["reg"] = self._reg_sum / self._reg_count
+            logs["mu"] = self.mu_at(self.state.global_step)
+            self._reg_sum, self._reg_count = 0.0, 0
+        super().log(logs, start_time)
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    steps: int
+    final_loss: float
+    log: list[dict] = field(default_factory=list)
+    draws: list[tuple[int, int]] = field(default_factory=list)
+
+
+def train(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, examples, out_dir: str | Path,
+          settings: TrainSettings = TrainSettings(), lora: LoraSettings = LoraSettings(),
+          placement: Placement = Placement(), model_name: str = "",
+          resume: bool = False, extra_metadata: dict | None = None) -> TrainResult:
+    """Train an adapter on `examples`; write it (PEFT format) and halora.json to out_dir."""
+    out = Path(out_dir)
+    _check_out_dir(out, resume)
+    base_hash = weights_hash(model)
+    set_seed(settings.seed)  # the LoRA init is part of the run: same seed, same adapter
+    peft_model = attach_lora(model, lora)
+    if settings.gradient_checkpointing:
+        peft_model.enable_input_require_grads()
+    dataset = PairDataset(examples, tokenizer, settings.max_length, settings.train_on_inputs)
+    callbacks: list[TrainerCallback] = [JsonlLog(out / LOG_FILE)]
+    injection = None
+    if settings.injects_noise:
+        injection = NoiseInjection(peft_model, settings, placement)
+        callbacks.insert(0, injection)
+    trainer = HaloraTrainer(
+        model=peft_model,
+        args=_training_arguments(out, settings),
+        train_dataset=dataset,
+        data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),
+        callbacks=callbacks,
+        settings=settings,
+    )
+    if settings.injects_noise:
+        _refuse_sharded_noise(trainer)
+    checkpoint = get_last_checkpoint(str(out)) if resume else None
+    try:
+        trainer.train(resume_from_checkpoint=checkpoint)
+    finally:
+        if injection is not None:
+            injection.close()  # the base is clean again even if training failed
+    if trainer.is_world_process_zero():
+        peft_model.save_pretrained(out)  # the adapter only: A and B, never the noisy base
+        files.write_json(out / SIDECAR, sidecar(settings, lora, placement, model_name, base_hash,
+                                                extra_metadata or {}))
+    log = [record for record in trainer.state.log_history if "loss" in record]
+    return TrainResult(out, trainer.state.global_step,
+                       log[-1]["loss"] if log else math.nan, log,
+                       injection.draws if injection else [])
+
+
+def _check_out_dir(out: Path, resume: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file: give a folder")
+    if resume:
+        if not out.is_dir() or get_last_checkpoint(str(out)) is None:
+            raise UsageError(f"nothing to resume in {out}: no checkpoint-N folder; drop --resume")
+        return
+    if out.is_dir() and any(out.iterdir()):
+        raise UsageError(f"--out {out} is not empty: pick a new folder, or --resume a run there")
+
+
+def _training_arguments(out: Path, settings: TrainSettings) -> TrainingArguments:
+    on_gpu = torch.cuda.is_available()
+    if settings.precision != "fp32" and not on_gpu:
+        raise UsageError(f"--precision {settings.precision} needs a GPU here; use fp32 on CPU")
+    return TrainingArguments(
+        output_dir=str(out),
+        max_steps=settings.steps,
+        per_device_train_batch_size=settings.batch_size,
+        gradient_accumulation_steps=settings.grad_accum,
+        learning_rate=settings.lr,
+        warmup_steps=settings.warmup_steps,
+        lr_scheduler_type=settings.schedule,
+        weight_decay=settings.weight_decay,
+        bf16=settings.precision == "bf16",
+        fp16=settings.precision == "fp16",
+        gradient_checkpointing=settings.gradient_checkpointing,
+        logging_steps=settings.logging_steps,
+        save_strategy="steps",
+        save_steps=settings.save_steps,
+        save_total_limit=2,
+        seed=settings.seed,
+        data_seed=settings.seed,
+        report_to=list(settings.report_to) or "none",
+        disable_tqdm=not settings.progress,
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        use_cpu=not on_gpu,
+    )
+
+
+def _refuse_sharded_noise(trainer: Trainer) -> None:
+    if trainer.is_fsdp_enabled or (
+        trainer.is_deepspeed_enabled and "zero3" in str(trainer.args.deepspeed).lower()
+    ):
+        raise UsageError(
+            "noise injection writes per-tile noise into whole base weights, which FSDP and "
+            "ZeRO-3 shard: train noisy/halora with DDP or DeepSpeed ZeRO-1/2 "
+            "(the frozen base is small next to the GPU), or use method lora/reg")
+
+
+def weights_hash(model: torch.nn.Module) -> str:
+    """sha256 over the base model's named tensors: ties an adapter to the weights it was
+    trained on. Adapter tensors are left out, so the hash is the same with or without one."""
+    digest = hashlib.sha256()
+    base = {canonical_name(name): tensor for name, tensor in model.state_dict().items()
+            if "lora_" not in name}
+    for name, tensor in sorted(base.items()):
+        digest.update(name.encode())
+        digest.update(str(tensor.dtype).encode())
+        digest.update(tensor.detach().to("cpu").contiguous().view(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+def sidecar(settings: TrainSettings, lora: LoraSettings, placement: Placement, model_name: str,
+            base_hash: str, extra: dict) -> dict:
+    """What PEFT's adapter_config.json cannot hold: how the adapter was trained."""
+    import peft
+    import transformers
+
+    from halora import __version__
+
+    return {
+        "halora_version": __version__,
+        "method": settings.method,
+        "training": asdict(settings),
+        "lora": asdict(lora),
+        "placement": asdict(placement),
+        "base_model": model_name,
+        "base_model_sha256": base_hash,
+        "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                     "transformers": transformers.__version__, "peft": peft.__version__},
+        "command": sys.argv,
+        **extra,
+    }
+
+
+def read_sidecar(adapter_dir: str | Path) -> dict:
+    path = Path(adapter_dir) / SIDECAR
+    if not path.is_file():
+        raise UsageError(f"{adapter_dir} has no {SIDECAR}: not an adapter trained by halora train")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise UsageError(f"{path} is not valid JSON ({err.msg} at line {err.lineno})") from err

@@ -1,0 +1,171 @@
+import json
+
+import pytest
+import torch
+from peft import PeftModel
+from safetensors.torch import load_file
+from transformers import TrainerCallback
+
+from halora.cim import rram_layers
+from halora.cli import main
+from halora.errors import UsageError
+from halora.lora import LoraSettings
+from halora.models import build_tiny, byte_tokenizer
+from halora.tasks import Example
+from halora.train import METHODS, SIDECAR, TrainSettings, train, weights_hash
+
+LORA = LoraSettings(rank=4, alpha=8, dropout=0.0)
+
+
+def examples(count: int = 32) -> list[Example]:
+    return [Example(task="add", prompt=f"{a}+{b}=", answer=f"{a + b}")
+            for a in range(8) for b in range(count // 8)]
+
+
+def quick(method: str, **overrides) -> TrainSettings:
+    values = dict(method=method, steps=24, batch_size=8, lr=3e-2, warmup_steps=0,
+                  noise="gaussian:sigma=0.02", redraw_every=5, mu=0.01, logging_steps=4,
+                  save_steps=1000, progress=False)
+    return TrainSettings(**{**values, **overrides})
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_trains_and_restores_the_clean_base(method, tmp_path):
+    model, tokenizer = build_tiny(), byte_tokenizer()
+    clean_hash = weights_hash(model)
+    result = train(model, tokenizer, examples(), tmp_path / method, quick(method), LORA)
+    losses = [record["loss"] for record in result.log]
+    assert losses[-1] < 0.8 * losses[0], losses
+    assert weights_hash(model) == clean_hash  # no noise left in the base
+    regs = [record.get("reg") for record in result.log]
+    assert all(r is not None for r in regs) == (method in ("reg", "halora"))
+    assert bool(result.draws) == (method in ("noisy", "halora"))
+
+
+class WatchBase(TrainerCallback):
+    """Records one RRAM weight at every step begin (after the noise callback has run)."""
+
+    def __init__(self, model):
+        self.rram = next(iter(rram_layers(model).values())).weight
+        self.rram_seen = []
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.rram_seen.append(self.rram.detach().clone())
+
+
+def test_noise_is_redrawn_exactly_every_k_steps(tmp_path, monkeypatch):
+    import halora.train as train_module
+
+    watchers = []
+    original = train_module.HaloraTrainer.__init__
+
+    def with_watcher(self, *args, callbacks=None, **kwargs):
+        watcher = WatchBase(kwargs["model"])
+        watchers.append(watcher)
+        original(self, *args, callbacks=[*callbacks, watcher], **kwargs)
+
+    monkeypatch.setattr(train_module.HaloraTrainer, "__init__", with_watcher)
+    model = build_tiny()
+    clean = next(iter(rram_layers(model).values())).weight.detach().clone()
+    result = train(model, byte_tokenizer(), examples(), tmp_path / "run",
+                   quick("noisy", steps=13, redraw_every=4), LORA)
+    assert result.draws == [(0, 0), (4, 1), (8, 2), (12, 3)]
+    seen = watchers[0].rram_seen
+    assert len(seen) == 13
+    changes = [step for step in range(1, 13) if not torch.equal(seen[step], seen[step - 1])]
+    assert changes == [4, 8, 12]
+    assert all(not torch.equal(weight, clean) for weight in seen)
+
+
+def test_adapter_round_trips_through_stock_peft(tmp_path):
+    model, tokenizer = build_tiny(), byte_tokenizer()
+    out = tmp_path / "run"
+    train(model, tokenizer, examples(), out, quick("halora"), LORA, model_name="tiny")
+    saved = load_file(out / "adapter_model.safetensors")
+    assert saved and all("lora_A" in key or "lora_B" in key for key in saved)
+    batch = tokenizer(["3+4="], return_tensors="pt")
+    with torch.no_grad():
+        trained = model(**batch).logits
+        loaded = PeftModel.from_pretrained(build_tiny(), out)
+        missing = [n for n, p in loaded.named_parameters() if "lora_" in n and
+                   not any(torch.equal(p, t) for t in saved.values())]
+        assert not missing
+        assert torch.allclose(loaded(**batch).logits, trained, atol=1e-6)
+    sidecar = json.loads((out / SIDECAR).read_text())
+    assert sidecar["method"] == "halora" and sidecar["base_model"] == "tiny"
+    assert sidecar["base_model_sha256"] == weights_hash(build_tiny())
+    assert sidecar["training"]["noise"] == "gaussian:sigma=0.02"
+    assert (out / "train_log.jsonl").read_text().count("\n") >= 1
+
+
+class StopAt(TrainerCallback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise KeyboardInterrupt
+
+
+def test_resume_equals_uninterrupted(tmp_path, monkeypatch):
+    import halora.train as train_module
+
+    settings = quick("halora", steps=12, save_steps=4, redraw_every=3)
+    lora = LoraSettings(rank=4, alpha=8, dropout=0.1)  # dropout: the RNG must resume too
+    train(build_tiny(), byte_tokenizer(), examples(), tmp_path / "whole", settings, lora)
+
+    original = train_module.HaloraTrainer.__init__
+
+    def interrupted(self, *args, callbacks=None, **kwargs):
+        original(self, *args, callbacks=[*callbacks, StopAt(6)], **kwargs)
+
+    monkeypatch.setattr(train_module.HaloraTrainer, "__init__", interrupted)
+    model = build_tiny()
+    clean = weights_hash(model)
+    with pytest.raises(KeyboardInterrupt):
+        train(model, byte_tokenizer(), examples(), tmp_path / "split", settings, lora)
+    assert weights_hash(model) == clean  # interrupted: base restored
+    monkeypatch.setattr(train_module.HaloraTrainer, "__init__", original)
+    train(build_tiny(), byte_tokenizer(), examples(), tmp_path / "split", settings, lora,
+          resume=True)
+    whole = load_file(tmp_path / "whole" / "adapter_model.safetensors")
+    split = load_file(tmp_path / "split" / "adapter_model.safetensors")
+    assert whole.keys() == split.keys()
+    for key in whole:
+        assert torch.equal(whole[key], split[key]), key
+
+
+def test_train_errors(tmp_path):
+    (tmp_path / "used").mkdir()
+    (tmp_path / "used" / "x").write_text("x")
+    with pytest.raises(UsageError, match="not empty"):
+        train(build_tiny(), byte_tokenizer(), examples(), tmp_path / "used", quick("lora"), LORA)
+    with pytest.raises(UsageError, match="nothing to resume"):
+        train(build_tiny(), byte_tokenizer(), examples(), tmp_path / "new", quick("lora"), LORA,
+              resume=True)
+    with pytest.raises(UsageError, match="unknown method"):
+        TrainSettings(method="dora")
+    with pytest.raises(UsageError):
+        TrainSettings(noise="gaussian:sigma=abc")
+    with pytest.raises(UsageError, match="no training examples"):
+        train(build_tiny(), byte_tokenizer(), [], tmp_path / "empty", quick("lora"), LORA)
+
+
+def test_cli_train_with_config_file(tmp_path, capsys):
+    data = tmp_path / "pairs.json"
+    data.write_text(json.dumps([{"prompt": e.prompt, "answer": e.answer} for e in examples()]))
+    config = tmp_path / "run.toml"
+    config.write_text('method = "halora"\nsteps = 6\nmu = 0.05\nredraw-every = 2\n'
+                      'rank = 2\nbatch_size = 4\nno_such_key = 1\n')
+    out = tmp_path / "out"
+    argv = ["train", "--model", "tiny", "--tasks", f"json:{data}", "--config", str(config),
+            "--out", str(out), "--no-progress"]
+    assert main(argv) == 2
+    assert "unknown keys no_such_key" in capsys.readouterr().err
+    config.write_text('method = "halora"\nsteps = 6\nmu = 0.05\nredraw-every = 2\n'
+                      'rank = 2\nbatch_size = 4\n')
+    assert main([*argv, "--steps", "4"]) == 0
+    sidecar = json.loads((out / SIDECAR).read_text())
+    assert sidecar["training"]["steps"] == 4  # the flag beats the file
+    assert sidecar["training"]["mu"] == 0.05 and sidecar["lora"]["rank"] == 2
+    assert json.loads((out / "adapter_config.json").read_text())["r"] == 2
