@@ -272,20 +272,24 @@ class Chip:
     def programmed(self) -> bool:
         return self._stash is not None
 
-    def reprogram(self, seed: int) -> None:
-        """Draw a new chip (new seed) from the stashed clean weights."""
+    def reprogram(self, seed: int, noise: NoiseModel | str | None = None) -> None:
+        """Draw a new chip (new seed, optionally a new noise model) from the stashed
+        clean weights, without stashing them again."""
         if not self.programmed:
             raise RuntimeError("this chip was restored; program a new one")
+        if noise is not None:
+            self.noise = parse_noise_spec(noise) if isinstance(noise, str) else noise
+            self.programming, self.read = split_noise(self.noise)
+        self._remove_read_noise()
         self.seed = seed
         self._program_all(seed, first=False)
+        self._install_read_noise()
 
     def restore(self) -> None:
         """Put the clean weights back, bit for bit, and remove the read-noise hooks."""
         if not self.programmed:
             return
-        for hook in self._hooks:
-            hook.remove()
-        self._hooks.clear()
+        self._remove_read_noise()
         with torch.no_grad():
             for name, layer in self.layers.items():
                 self._stash.restore_into(name, layer.weight)
@@ -319,6 +323,11 @@ class Chip:
         if store == "disk":
             return _DiskStash()
         raise UsageError(f"unknown stash store {store!r}: use auto, host or disk")
+
+    def _remove_read_noise(self) -> None:
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks.clear()
 
     def _install_read_noise(self) -> None:
         if self.read is None:

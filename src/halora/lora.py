@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -125,3 +126,28 @@ def halora_regularizer(factors: list[LoraFactors], reduction: Reduction = "mean"
         terms.append(per_module)
     total = torch.cat(terms).sum()
     return total / len(factors) if reduction == "mean" else total
+
+
+def load_adapters(model: nn.Module, adapters: list[tuple[str, str]]) -> nn.Module:
+    """One PeftModel holding every (label, folder) adapter; switch with set_adapter(label).
+
+    The base stays shared, so every adapter is evaluated on the very same (programmed) chip.
+    """
+    if not adapters:
+        return model
+    peft_model = None
+    for label, folder in adapters:
+        path = Path(folder)
+        if not (path / "adapter_config.json").is_file():
+            raise UsageError(f"adapter {label}={folder} has no adapter_config.json: "
+                             "give a folder written by `halora train` or PEFT's save_pretrained")
+        try:
+            if peft_model is None:
+                peft_model = PeftModel.from_pretrained(model, path, adapter_name=label)
+            else:
+                peft_model.load_adapter(path, adapter_name=label)
+        except (ValueError, KeyError, RuntimeError) as err:
+            raise UsageError(f"adapter {label}={folder} does not fit this model: "
+                             f"{str(err).splitlines()[0]}") from err
+    peft_model.eval()
+    return peft_model

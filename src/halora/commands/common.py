@@ -61,7 +61,8 @@ def lora_from(args: argparse.Namespace) -> LoraSettings:
 
 
 def add_settings_arguments(parser: argparse.ArgumentParser, settings_class, helps: dict[str, str],
-                           title: str, skip: tuple[str, ...] = ()) -> None:
+                           title: str, skip: tuple[str, ...] = (),
+                           default_note: str = "default: %(default)s") -> None:
     """One flag per field of a settings dataclass, so flags, config keys and fields match.
 
     bool fields become --flag / --no-flag; tuple fields take comma-separated values.
@@ -72,14 +73,23 @@ def add_settings_arguments(parser: argparse.ArgumentParser, settings_class, help
             continue
         flag = "--" + spec.name.replace("_", "-")
         default = spec.default
-        help_text = helps.get(spec.name, "") + " (default: %(default)s)"
+        help_text = f"{helps.get(spec.name, '')} ({default_note})".strip()
         if isinstance(default, bool):
             group.add_argument(flag, action=argparse.BooleanOptionalAction, default=default,
                                help=help_text)
         elif isinstance(default, tuple):
-            group.add_argument(flag, type=csv_list, default=default, help=help_text)
+            group.add_argument(flag, type=_typed_list(type(default[0]) if default else str),
+                               default=default, help=help_text)
         else:
             group.add_argument(flag, type=type(default), default=default, help=help_text)
+
+
+def _typed_list(element_type: type):
+    def parse(text: str) -> tuple:
+        return tuple(element_type(part) for part in csv_list(text))
+
+    parse.__name__ = f"comma-separated {element_type.__name__}"  # argparse names it in errors
+    return parse
 
 
 def settings_from(args: argparse.Namespace, settings_class, **overrides):

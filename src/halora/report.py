@@ -1,0 +1,166 @@
+"""Sweep records -> results.json, CSV, a Markdown summary and plots.
+
+A record is one cell: {method, task, noise, spec, sigma, seed, accuracy, n, ...}.
+Summaries average over chip seeds (mean +/- std) per method, noise condition and task,
+and over tasks for the "average" column (each seed's task average first, then its spread
+over seeds, so the std is the chip-to-chip spread of the average).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+from halora import files
+
+AVERAGE = "average"
+CSV_KEYS = ("method", "task", "noise", "spec", "sigma", "seed", "accuracy", "acc_norm", "n",
+            "scorer", "chance")
+
+
+def write_results(out: str | Path, records: list[dict], meta: dict) -> dict[str, Path]:
+    """results.json, results.csv and summary.md in `out`, each written atomically."""
+    out = Path(out)
+    records = sorted(records, key=_order)
+    paths = {"json": out / "results.json", "csv": out / "results.csv", "md": out / "summary.md"}
+    files.write_json(paths["json"], {"meta": meta, "runs": records,
+                                     "summary": summary_rows(records)})
+    files.write_text(paths["csv"], to_csv(records))
+    files.write_text(paths["md"], markdown_summary(records, meta.get("title", "halora sweep")))
+    return paths
+
+
+def _order(record: dict) -> tuple:
+    return (record["method"], record["noise"] != "clean", record["noise"],
+            record["sigma"] if record["sigma"] is not None else -1, record["seed"], record["task"])
+
+
+def to_csv(records: list[dict]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_KEYS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(records)
+    return buffer.getvalue()
+
+
+def condition_label(record: dict) -> str:
+    if record["noise"] == "clean":
+        return "clean"
+    if record["sigma"] is not None and record["noise"] == "gaussian":
+        return f"sigma={record['sigma']:g}"
+    return record["spec"]
+
+
+def summary_rows(records: list[dict]) -> list[dict]:
+    """One row per (method, condition): mean and std over seeds, per task and on average."""
+    cells: dict[tuple, dict[int, dict[str, float]]] = defaultdict(lambda: defaultdict(dict))
+    meta: dict[tuple, dict] = {}
+    for record in records:
+        key = (record["method"], record["spec"])
+        cells[key][record["seed"]][record["task"]] = 100.0 * record["accuracy"]
+        meta[key] = record
+    rows = []
+    for key, by_seed in cells.items():
+        tasks = sorted({task for scores in by_seed.values() for task in scores})
+        row = {"method": key[0], "noise": meta[key]["noise"], "spec": key[1],
+               "sigma": meta[key]["sigma"], "condition": condition_label(meta[key]),
+               "seeds": len(by_seed), "tasks": {}}
+        for task in tasks:
+            row["tasks"][task] = _mean_std([s[task] for s in by_seed.values() if task in s])
+        complete = [s for s in by_seed.values() if len(s) == len(tasks)]
+        row["tasks"][AVERAGE] = _mean_std([statistics.fmean(s.values()) for s in complete])
+        rows.append(row)
+    return sorted(rows, key=lambda r: (r["method"], r["noise"] != "clean", r["noise"],
+                                       r["sigma"] if r["sigma"] is not None else -1, r["spec"]))
+
+
+def _mean_std(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {"mean": float("nan"), "std": float("nan")}
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return {"mean": statistics.fmean(values), "std": std}
+
+
+def average_of(rows: list[dict], method: str, condition: str) -> dict[str, float] | None:
+    for row in rows:
+        if row["method"] == method and row["condition"] == condition:
+            return row["tasks"][AVERAGE]
+    return None
+
+
+def recovery_ratio(rows: list[dict], condition: str, robust: str = "halora",
+                   baseline: str = "lora") -> float | None:
+    """(robust_noisy - baseline_noisy) / (baseline_clean - baseline_noisy) on the average:
+    1.0 means the robust method recovers all of the accuracy the baseline loses on the chip."""
+    clean = average_of(rows, baseline, "clean")
+    lost = average_of(rows, baseline, condition)
+    kept = average_of(rows, robust, condition)
+    if not (clean and lost and kept) or clean["mean"] - lost["mean"] <= 0:
+        return None
+    return (kept["mean"] - lost["mean"]) / (clean["mean"] - lost["mean"])
+
+
+def markdown_summary(records: list[dict], title: str) -> str:
+    rows = summary_rows(records)
+    tasks = sorted({task for row in rows for task in row["tasks"] if task != AVERAGE})
+    header = ["method", "chip", "seeds", *tasks, AVERAGE]
+    lines = [f"# {title}", "", "Accuracy in % (mean ± std over chip seeds).", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        cells = [_fmt(row["tasks"].get(task)) for task in [*tasks, AVERAGE]]
+        lines.append(f"| {row['method']} | {row['condition']} | {row['seeds']} | "
+                     + " | ".join(cells) + " |")
+    ratios = [(row["condition"], recovery_ratio(rows, row["condition"])) for row in rows
+              if row["method"] == "halora" and row["condition"] != "clean"]
+    if any(ratio is not None for _, ratio in ratios):
+        lines += ["", "Recovery ratio (halora − lora on chip) / (lora clean − lora on chip):", ""]
+        lines += [f"- {condition}: {ratio:.2f}" for condition, ratio in ratios if ratio is not None]
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(stat: dict[str, float] | None) -> str:
+    if not stat or stat["mean"] != stat["mean"]:
+        return "–"
+    return f"{stat['mean']:.1f} ± {stat['std']:.1f}"
+
+
+def plot_sweep(records: list[dict], out: str | Path) -> list[Path]:
+    """accuracy_vs_sigma.png (average, error bars over seeds) and per_task.png (one panel per task)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in summary_rows(records) if r["noise"] in ("clean", "gaussian")]
+    methods = sorted({r["method"] for r in rows})
+    tasks = sorted({t for r in rows for t in r["tasks"] if t != AVERAGE})
+    out = Path(out)
+    written = []
+    for name, panels in (("accuracy_vs_sigma.png", [AVERAGE]), ("per_task.png", tasks)):
+        columns = min(len(panels), 3)
+        rows_count = -(-len(panels) // columns)
+        figure, axes = plt.subplots(rows_count, columns, figsize=(4.5 * columns, 3.4 * rows_count),
+                                    squeeze=False)
+        for axis, panel in zip(axes.flat, panels, strict=False):
+            for method in methods:
+                points = sorted((r["sigma"], r["tasks"][panel]) for r in rows
+                                if r["method"] == method and panel in r["tasks"])
+                if points:
+                    axis.errorbar([p[0] for p in points], [p[1]["mean"] for p in points],
+                                  yerr=[p[1]["std"] for p in points], marker="o", capsize=3,
+                                  label=method)
+            axis.set_title(panel)
+            axis.set_xlabel("sigma (tile-64 Gaussian, x max|W_tile|)")
+            axis.set_ylabel("accuracy (%)")
+            axis.grid(alpha=0.3)
+        for axis in list(axes.flat)[len(panels):]:
+            axis.set_visible(False)
+        axes.flat[0].legend()
+        figure.tight_layout()
+        files.write_with(out / name, lambda path, fig=figure: fig.savefig(path, dpi=120, format="png"))
+        plt.close(figure)
+        written.append(out / name)
+    return written

@@ -1,0 +1,203 @@
+"""The sweep: adapters x noise conditions x chip seeds x tasks, on identical chips.
+
+    for each condition (clean first, then each noise spec) and chip seed:
+        program the chip once                       (halora.cim.Chip)
+        for each adapter: switch to it              (PEFT: one base, many adapters)
+            for each task: score it                 (halora.evaluate)
+
+Every adapter is scored on the same programmed weights, so methods are compared on
+identical chips. Each finished cell is appended to a cache file as soon as it is done;
+a rerun with the same --out skips the cached cells, so an interrupted sweep resumes
+where it stopped. Under `torchrun` / `accelerate launch` each rank takes every
+world-size-th chip, and the main rank writes the results when all are done.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from halora import files
+from halora.cim import Chip, Placement
+from halora.errors import UsageError
+from halora.evaluate import EvalSettings, evaluate_task
+from halora.noise import parse_noise_spec
+from halora.tasks import Task
+
+CLEAN = "none"
+BASE = "base"  # the pretrained model without an adapter
+MANIFEST = "sweep.json"
+PAPER_SIGMAS = (0.005, 0.01, 0.02)  # the paper's tile-64 Gaussian levels
+PAPER_SEEDS = 5
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One noise setting of the chip: its spec, a family label and its level."""
+
+    spec: str
+    noise: str  # family label for tables: "clean", "gaussian", "saf", ...
+    sigma: float | None  # the spec's sigma; 0 for the clean reference; None if it has none
+
+    @classmethod
+    def of(cls, spec: str) -> Condition:
+        canonical = parse_noise_spec(spec).spec()
+        if canonical in (CLEAN, "clean"):
+            return cls(CLEAN, "clean", 0.0)
+        families = "+".join(part.split(":", 1)[0] for part in canonical.split("+"))
+        found = re.search(r"(?:^|[:,])sigma=([0-9.eE+-]+)", canonical)
+        return cls(canonical, families, float(found.group(1)) if found else None)
+
+    @property
+    def is_clean(self) -> bool:
+        return self.spec == CLEAN
+
+
+def conditions_from(sigmas: tuple[float, ...], template: str, extra: tuple[str, ...]) -> list[Condition]:
+    """The clean reference, the template at each sigma, then the extra specs."""
+    if "{sigma}" not in template:
+        raise UsageError(f"noise template {template!r} needs a {{sigma}} placeholder, "
+                         "e.g. gaussian:sigma={sigma},scale=tile,tile=64")
+    specs = [template.format(sigma=sigma) for sigma in sigmas] + list(extra)
+    conditions = [Condition.of(CLEAN)] + [Condition.of(spec) for spec in specs]
+    return list(dict.fromkeys(conditions))  # drop repeats, keep order
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    conditions: tuple[Condition, ...]
+    seeds: tuple[int, ...]
+    adapters: tuple[tuple[str, str], ...]  # (method label, adapter folder or "" for the base)
+    tasks: tuple[str, ...]
+    eval: EvalSettings
+    model: str
+
+    def chips(self) -> list[tuple[Condition, int]]:
+        """Every chip to program: the clean reference once, each noise condition per seed."""
+        return [(c, 0) if c.is_clean else (c, s) for c in self.conditions
+                for s in ((0,) if c.is_clean else self.seeds)]
+
+    def manifest(self) -> dict:
+        return {"model": self.model, "conditions": [asdict(c) for c in self.conditions],
+                "seeds": list(self.seeds), "adapters": [list(a) for a in self.adapters],
+                "tasks": list(self.tasks), "eval": asdict(self.eval) | {"progress": None}}
+
+
+def cell_key(method: str, task: str, spec: str, seed: int) -> str:
+    return f"{method}|{task}|{spec}|{seed}"
+
+
+class CellCache:
+    """Finished cells, one JSON line each; a torn last line (a kill mid-write) is ignored."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.records: dict[str, dict] = {}
+        if path.exists():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                self.records[record["key"]] = record
+
+    def add(self, record: dict) -> None:
+        self.records[record["key"]] = record
+        with self.path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+            handle.flush()
+
+
+def check_manifest(out: Path, plan: SweepPlan) -> None:
+    """A folder holds one sweep: resuming with another grid would mix results."""
+    path = out / MANIFEST
+    wanted = json.loads(json.dumps(plan.manifest()))
+    if path.exists():
+        found = json.loads(path.read_text(encoding="utf-8"))
+        if found != wanted:
+            raise UsageError(f"{out} holds a different sweep ({MANIFEST} differs): "
+                             "use a new --out, or the same settings to resume")
+    else:
+        files.write_json(path, wanted)
+
+
+def run_sweep(model, tokenizer, tasks: list[Task], plan: SweepPlan, out: str | Path,
+              placement: Placement = Placement(), rank: int = 0, world: int = 1) -> list[dict]:
+    """Evaluate this rank's share of the chips; return the records it holds (cached + new).
+
+    `model` is a PeftModel holding every adapter of the plan under its method label, or a
+    plain model when the plan has only the base.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if rank == 0:
+        check_manifest(out, plan)
+    cache = CellCache(out / f"cells-rank{rank}.jsonl")
+    examples = {task.name: task.examples(plan.eval.split, plan.eval.n) for task in tasks}
+    my_chips = plan.chips()[rank::world]
+    progress = tqdm(total=len(my_chips) * len(plan.adapters) * len(tasks), desc="sweep",
+                    disable=not plan.eval.progress)
+    chip: Chip | None = None
+    try:
+        for condition, seed in my_chips:
+            todo = [(method, task) for method, _ in plan.adapters for task in tasks
+                    if cell_key(method, task.name, condition.spec, seed) not in cache.records]
+            progress.update(len(plan.adapters) * len(tasks) - len(todo))
+            if not todo:
+                continue
+            chip = _program(chip, model, condition, seed, placement)
+            for method, task in todo:
+                with _adapter(model, method):
+                    score = evaluate_task(model, tokenizer, task, plan.eval, examples[task.name])
+                cache.add({"key": cell_key(method, task.name, condition.spec, seed),
+                           "method": method, "noise": condition.noise, "spec": condition.spec,
+                           "sigma": condition.sigma, "seed": seed, **score.to_json()})
+                progress.update(1)
+    finally:
+        if chip is not None:
+            chip.restore()
+        progress.close()
+    return list(cache.records.values())
+
+
+def _program(chip: Chip | None, model, condition: Condition, seed: int,
+             placement: Placement) -> Chip:
+    """Program (or re-program, reusing the stash of clean weights) the chip for one cell group."""
+    if chip is None:
+        return Chip(model, condition.spec, seed, placement)
+    chip.reprogram(seed, condition.spec)
+    return chip
+
+
+class _adapter:
+    """Switch the PeftModel to one adapter, or disable adapters for the base."""
+
+    def __init__(self, model, method: str) -> None:
+        self.model, self.method = model, method
+        self.context = None
+
+    def __enter__(self):
+        if not hasattr(self.model, "set_adapter"):
+            return self.model
+        if self.method == BASE:
+            self.context = self.model.disable_adapter()
+            self.context.__enter__()
+        else:
+            self.model.set_adapter(self.method)
+        return self.model
+
+    def __exit__(self, *exc) -> None:
+        if self.context is not None:
+            self.context.__exit__(*exc)
+
+
+def gather_records(out: str | Path) -> list[dict]:
+    """All ranks' cached cells of a sweep folder."""
+    records: dict[str, dict] = {}
+    for path in sorted(Path(out).glob("cells-rank*.jsonl")):
+        records.update(CellCache(path).records)
+    return list(records.values())
