@@ -183,14 +183,29 @@ def test_smollm2_perplexity_rises_with_tile_noise_as_measured(smollm2):
     model, tokenizer = smollm2
     clean = perplexity(model, tokenizer, PLAIN_TEXT)
     ratios = {}
-    for sigma in (0.005, 0.01, 0.02):
-        values = []
-        for seed in range(3):
-            with program_chip(model, f"gaussian:sigma={sigma},scale=tile,tile=64", seed=seed):
+    with program_chip(model, "none", seed=0) as chip:  # one stash, many draws
+        for sigma in (0.005, 0.01, 0.02):
+            values = []
+            for seed in range(3):
+                chip.reprogram(seed, f"gaussian:sigma={sigma},scale=tile,tile=64")
                 values.append(perplexity(model, tokenizer, PLAIN_TEXT))
-        ratios[sigma] = sum(values) / len(values) / clean
+            ratios[sigma] = sum(values) / len(values) / clean
     assert 15 < clean < 80
     assert 1.0 < ratios[0.005] < 1.35
     assert 1.1 < ratios[0.01] < 1.9
     assert 2.0 < ratios[0.02] < 8.0
     assert perplexity(model, tokenizer, PLAIN_TEXT) == pytest.approx(clean, abs=0)
+
+
+def test_reprogram_with_another_noise_model_equals_a_fresh_chip(tiny):
+    model, _ = tiny
+    before = snapshot(model)
+    with program_chip(model, "saf:p0=0.05,p1=0.05", seed=4):
+        fresh = snapshot(model)
+    with program_chip(model, "none", seed=0) as chip:
+        assert changed(model, before) == set()
+        chip.reprogram(4, "saf:p0=0.05,p1=0.05")
+        assert changed(model, fresh) == set()
+        chip.reprogram(4, "read:sigma=0.05")  # read noise: hooks installed, weights clean
+        assert changed(model, before) == set() and chip.read is not None
+    assert changed(model, before) == set()

@@ -169,3 +169,41 @@ def test_cli_train_with_config_file(tmp_path, capsys):
     assert sidecar["training"]["steps"] == 4  # the flag beats the file
     assert sidecar["training"]["mu"] == 0.05 and sidecar["lora"]["rank"] == 2
     assert json.loads((out / "adapter_config.json").read_text())["r"] == 2
+
+
+def test_noise_curriculum_and_noise_targets(tmp_path, monkeypatch):
+    import halora.train as train_module
+
+    watchers = []
+    original = train_module.HaloraTrainer.__init__
+
+    def with_watcher(self, *args, callbacks=None, **kwargs):
+        watchers.append(WatchBase(kwargs["model"]))
+        original(self, *args, callbacks=[*callbacks, watchers[-1]], **kwargs)
+
+    monkeypatch.setattr(train_module.HaloraTrainer, "__init__", with_watcher)
+    model = build_tiny()
+    clean = {n: layer.weight.detach().clone() for n, layer in rram_layers(model).items()}
+    train(model, byte_tokenizer(), examples(), tmp_path / "ramp",
+          quick("noisy", steps=12, redraw_every=3, noise_ramp_steps=9), LORA)
+    first = next(iter(clean.values()))
+    sizes = [float((seen - first).norm()) for seen in watchers[0].rram_seen[::3]]
+    assert sizes[0] == 0.0 and sizes[1] < sizes[2] < sizes[3]  # 0, 1/3, 2/3, full sigma
+    watchers.clear()
+    monkeypatch.setattr(train_module.HaloraTrainer, "__init__", original)
+
+    seen_noise = {}
+
+    class Probe(WatchBase):
+        def on_step_begin(self, args, state, control, model=None, **kwargs):
+            for name, layer in rram_layers(model).items():
+                seen_noise[name] = not torch.equal(layer.weight, clean[name])
+
+    def with_probe(self, *args, callbacks=None, **kwargs):
+        original(self, *args, callbacks=[*callbacks, Probe(kwargs["model"])], **kwargs)
+
+    monkeypatch.setattr(train_module.HaloraTrainer, "__init__", with_probe)
+    train(build_tiny(), byte_tokenizer(), examples(), tmp_path / "targets",
+          quick("noisy", steps=2, noise_targets=("down_proj",)), LORA)
+    assert {name for name, noisy in seen_noise.items() if noisy} == {
+        name for name in clean if name.endswith("down_proj")}

@@ -13,7 +13,7 @@ import sys
 from halora import __version__
 from halora.errors import UsageError
 
-COMMANDS = ("place", "energy", "train", "eval", "sweep", "demo")
+COMMANDS = ("place", "energy", "train", "eval", "sweep", "demo", "study")
 
 
 def _load(name: str):

@@ -18,6 +18,7 @@ methods refuse them with a clear error; lora and reg run under them.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -45,7 +46,7 @@ from halora.cim import Chip, Placement, canonical_name
 from halora.encoding import encode_pair
 from halora.errors import UsageError
 from halora.lora import LoraSettings, attach_lora, halora_regularizer, lora_factors
-from halora.noise import parse_noise_spec
+from halora.noise import Chain, NoiseModel, parse_noise_spec
 
 Method = Literal["lora", "noisy", "reg", "halora"]
 METHODS: tuple[str, ...] = ("lora", "noisy", "reg", "halora")
@@ -63,6 +64,11 @@ class TrainSettings:
     # ... re-drawn every K = 400 steps so the adapter does not fit one draw.
     redraw_every: int = 400
     noise_seed: int = 1234
+    # Noise-level curriculum (beyond the paper): the training noise's sigma grows linearly
+    # from 0 to its full value over this many steps (applied at each re-draw); 0 = off.
+    noise_ramp_steps: int = 0
+    # Layers that receive training noise (leaf names); empty = the deployment placement.
+    noise_targets: tuple[str, ...] = ()
     # mu = 0.1 is the paper's; "mean" over modules keeps mu's meaning independent of the
     # number of LoRA modules (summed over 150 modules the term swamps the task loss).
     mu: float = 0.1
@@ -87,6 +93,7 @@ class TrainSettings:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        _check_types(self)
         if self.method not in METHODS:
             raise UsageError(f"unknown method {self.method!r}: use one of {', '.join(METHODS)}")
         if self.redraw_every < 1 or self.steps < 1 or self.batch_size < 1 or self.grad_accum < 1:
@@ -112,6 +119,18 @@ class TrainSettings:
         return {f.name for f in fields(cls)}
 
 
+def _check_types(settings) -> None:
+    """Config files and study grids hand over raw values: name a mistyped one clearly."""
+    for spec in fields(settings):
+        value, expected = getattr(settings, spec.name), type(spec.default)
+        ok = isinstance(value, expected) or (expected is float and isinstance(value, int))
+        if isinstance(value, bool) and expected is not bool:
+            ok = False
+        if not ok:
+            raise UsageError(f"training setting {spec.name} must be a {expected.__name__}, "
+                             f"got {value!r}")
+
+
 class PairDataset(Dataset):
     """Tokenized prompt/answer examples; labels are -100 on the prompt unless train_on_inputs."""
 
@@ -135,6 +154,17 @@ class PairDataset(Dataset):
         return self.items[index]
 
 
+def scaled_noise(model: NoiseModel, factor: float) -> NoiseModel:
+    """The same noise model with every `sigma` multiplied by `factor` (the curriculum)."""
+    if factor == 1.0:
+        return model
+    if isinstance(model, Chain):
+        return Chain(tuple(scaled_noise(part, factor) for part in model.models))
+    if hasattr(model, "sigma"):
+        return dataclasses.replace(model, sigma=model.sigma * factor)
+    return model
+
+
 def draw_seed(noise_seed: int, draw: int) -> int:
     """The chip seed of the draw-th training noise draw: disjoint from evaluation seeds."""
     digest = hashlib.sha256(f"train:{noise_seed}:{draw}".encode()).digest()
@@ -156,11 +186,16 @@ class NoiseInjection(TrainerCallback):
     def _program(self, step: int) -> None:
         draw = step // self.settings.redraw_every
         seed = draw_seed(self.settings.noise_seed, draw)
+        noise = scaled_noise(parse_noise_spec(self.settings.noise), self.noise_scale(step))
         if self.chip is None:
-            self.chip = Chip(self.model, self.settings.noise, seed, self.placement)
+            self.chip = Chip(self.model, noise, seed, self.placement)
         else:
-            self.chip.reprogram(seed)
+            self.chip.reprogram(seed, noise)
         self.draws.append((step, draw))
+
+    def noise_scale(self, step: int) -> float:
+        ramp = self.settings.noise_ramp_steps
+        return 1.0 if ramp <= 0 else min(1.0, step / ramp)
 
     def on_train_begin(self, args, state, control, **kwargs):
         self._program(state.global_step)
@@ -262,7 +297,9 @@ def train(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, examples, 
     callbacks: list[TrainerCallback] = [JsonlLog(out / LOG_FILE)]
     injection = None
     if settings.injects_noise:
-        injection = NoiseInjection(peft_model, settings, placement)
+        noise_placement = (dataclasses.replace(placement, rram_targets=settings.noise_targets)
+                           if settings.noise_targets else placement)
+        injection = NoiseInjection(peft_model, settings, noise_placement)
         callbacks.insert(0, injection)
     trainer = HaloraTrainer(
         model=peft_model,

@@ -23,6 +23,8 @@ SETTING_HELP = {
     "noise": "training noise spec written into the RRAM-placed base weights",
     "redraw_every": "re-draw the training noise every K optimizer steps",
     "noise_seed": "seed of the training noise draws",
+    "noise_ramp_steps": "curriculum: grow the training noise's sigma from 0 over N steps (0: off)",
+    "noise_targets": "layers that get training noise (default: the RRAM placement)",
     "mu": "weight of the HaLoRA regulariser",
     "reduction": "sum or mean of the regulariser over LoRA modules",
     "reg_scaled": "multiply each module's term by its LoRA scaling alpha/r",

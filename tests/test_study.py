@@ -1,0 +1,127 @@
+import json
+
+import pytest
+
+from halora.cli import main
+from halora.errors import UsageError
+from halora.study import Arm, StudySettings, bootstrap_mean_ci, choose_arms, load_study
+
+STUDY = """
+[study]
+model = "tiny"
+tasks = "json:{data}"
+train_n = 16
+select_sigmas = [0.05]
+select_seeds = 1
+val_n = 4
+train_seeds = 2
+test_sigmas = [0.02, 0.05]
+saf = "saf:p0=0.02,p1=0.02"
+test_seeds = 2
+test_n = 6
+bootstrap = 200
+
+[study.base]
+steps = 4
+batch_size = 4
+lr = 0.01
+warmup_steps = 0
+redraw_every = 2
+
+[[arm]]
+method = "lora"
+
+[[arm]]
+method = "halora"
+noise = "gaussian:sigma=0.05"
+mu = [0.01, 0.1]
+
+[[arm]]
+name = "curriculum"
+family = "curriculum"
+method = "noisy"
+noise = "gaussian:sigma=0.05"
+noise_ramp_steps = 2
+"""
+
+
+def write_study(tmp_path, text=STUDY):
+    records = [{"prompt": f"{a} and {b} make", "options": [" even", " odd"], "gold": (a + b) % 2}
+               for a in range(12) for b in range(12)]
+    data = tmp_path / "parity.json"
+    data.write_text(json.dumps(records))
+    path = tmp_path / "study.toml"
+    path.write_text(text.replace("{data}", str(data)))
+    return path
+
+
+def test_grid_expansion_and_names(tmp_path):
+    study = load_study(write_study(tmp_path))
+    assert [a.name for a in study.arms] == ["lora", "halora-mu0_01", "halora-mu0_1", "curriculum"]
+    assert study.arms[1].settings == {"noise": "gaussian:sigma=0.05", "mu": 0.01}
+    assert study.arms[3].group == "curriculum" and study.arms[1].group == "halora"
+    assert study.test_sigmas == (0.02, 0.05)
+
+
+@pytest.mark.parametrize("change, message", [
+    ('mu = [0.01, 0.1]', None),
+    ('mu = "high"', "mu must be a float"),
+    ('colour = "red"', "unknown keys colour"),
+])
+def test_bad_arms(tmp_path, change, message):
+    text = STUDY.replace('mu = [0.01, 0.1]', change)
+    if message is None:
+        load_study(write_study(tmp_path, text))
+        return
+    with pytest.raises(UsageError, match=message):
+        load_study(write_study(tmp_path, text))
+
+
+def test_study_needs_its_baseline():
+    with pytest.raises(UsageError, match="baseline"):
+        StudySettings(arms=(Arm("h", "halora"),))
+
+
+def record(method, task, accuracy_items, seed=0, spec="none", noise="clean"):
+    return {"method": method, "task": task, "seed": seed, "spec": spec, "noise": noise,
+            "items": "".join(map(str, accuracy_items)), "n": len(accuracy_items),
+            "accuracy": sum(accuracy_items) / len(accuracy_items)}
+
+
+def test_bootstrap_interval():
+    perfect = [record("a@0", "t", [1] * 20), record("a@1", "t", [1] * 20)]
+    assert bootstrap_mean_ci(perfect, 200) == (100.0, 100.0, 100.0)
+    mixed = [record("a@0", "t", [1, 0] * 20), record("a@1", "t", [1, 1, 0, 0] * 10)]
+    point, low, high = bootstrap_mean_ci(mixed, 500)
+    assert point == pytest.approx(50.0) and low < 50 < high and high - low < 50
+
+
+def test_choose_arms_by_noisy_validation_accuracy():
+    study = StudySettings(arms=(Arm("lora", "lora"), Arm("h1", "halora"), Arm("h2", "halora")))
+    records = [record("lora", "t", [1, 0], spec="g", noise="gaussian"),
+               record("h1", "t", [0, 0], spec="g", noise="gaussian"),
+               record("h1", "t", [1, 1]),
+               record("h2", "t", [1, 1], spec="g", noise="gaussian")]
+    assert choose_arms(study, records) == {"lora": "lora", "halora": "h2"}
+
+
+def test_study_end_to_end_on_tiny(tmp_path, capsys):
+    path = write_study(tmp_path)
+    out = tmp_path / "out"
+    assert main(["study", "--study", str(path), "--out", str(out)]) == 0
+    report = json.loads((out / "results.json").read_text())
+    assert set(report["chosen"]) == {"lora", "halora", "curriculum"}
+    rows = report["final"]["loglik"]["rows"]
+    specs = {row["spec"] for row in rows}
+    assert "none" in specs and len(specs) == 4  # clean, two sigmas, SAF
+    for row in rows:
+        assert row["ci95"][0] <= row["accuracy"] <= row["ci95"][1]
+        assert row["cells"] == (1 if row["spec"] == "none" else 2) * 2  # chips x training seeds
+    assert set(report["final"]["loglik"]["recovery"]) == specs - {"none"}
+    markdown = (out / "report.md").read_text()
+    assert "Recovery ratio" in markdown and "Chosen:" in markdown
+    trained = sorted(p.parent.name + "/" + p.name for p in (out / "adapters").glob("*/seed*"))
+    assert len(trained) == 4 + 3  # every arm at seed 0, each of the 3 kept arms at seed 1 too
+    mtimes = {p: p.stat().st_mtime for p in (out / "adapters").rglob("adapter_model.safetensors")}
+    assert main(["study", "--study", str(path), "--out", str(out)]) == 0  # resumes: nothing retrained
+    assert {p: p.stat().st_mtime for p in mtimes} == mtimes
