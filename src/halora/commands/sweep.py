@@ -46,7 +46,8 @@ def parse_adapters(items: list[str]) -> tuple[tuple[str, str], ...]:
             pairs.append((label.strip(), folder.strip()))
     for label, _ in pairs:
         if "." in label or "@" in label:
-            raise UsageError(f"adapter label {label!r} may not contain '.' or '@': PEFT uses it as a module name")
+            raise UsageError(f"adapter label {label!r} may not contain '.' or '@': "
+                             "PEFT uses it as a module name")
     labels = [label for label, _ in pairs]
     if len(set(labels)) != len(labels) or BASE in labels:
         raise UsageError(f"adapter labels must be unique and not {BASE!r}: got {', '.join(labels)}")
