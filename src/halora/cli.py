@@ -13,11 +13,15 @@ import sys
 from halora import __version__
 from halora.errors import UsageError
 
-COMMANDS = ("place", "energy", "train", "eval", "sweep", "demo", "study")
+COMMANDS = ("place", "energy", "train", "eval", "sweep", "lm-eval", "demo", "study")
+
+
+def _module_name(command: str) -> str:
+    return f"halora.commands.{command.replace('-', '')}"  # "lm-eval" lives in lmeval.py
 
 
 def _load(name: str):
-    return importlib.import_module(f"halora.commands.{name}")
+    return importlib.import_module(_module_name(name))
 
 
 def build_parser(commands: tuple[str, ...] = COMMANDS) -> tuple[
@@ -34,7 +38,7 @@ def build_parser(commands: tuple[str, ...] = COMMANDS) -> tuple[
         try:
             module = _load(name)
         except ModuleNotFoundError as err:
-            if err.name == f"halora.commands.{name}":
+            if err.name == _module_name(name):
                 continue  # not built yet
             raise
         command_parser = sub.add_parser(name, help=module.HELP, description=module.HELP)
