@@ -75,9 +75,14 @@ def evaluate_task(model, tokenizer, task: Task, settings: EvalSettings = EvalSet
     if not examples:
         raise UsageError(f"task {task.name} has no {settings.split} items")
     scorer = scorer_for(examples, settings.scorer)
-    if scorer == "loglik":
-        return _score_choices(model, tokenizer, task, examples, settings)
-    return _score_generations(model, tokenizer, task, examples, settings)
+    was_training = model.training
+    model.eval()  # dropout off: scoring is deterministic
+    try:
+        if scorer == "loglik":
+            return _score_choices(model, tokenizer, task, examples, settings)
+        return _score_generations(model, tokenizer, task, examples, settings)
+    finally:
+        model.train(was_training)
 
 
 def _score_choices(model, tokenizer, task, examples, settings) -> TaskScore:
