@@ -107,7 +107,12 @@ def _argmax(values: list[float]) -> int:
 @torch.no_grad()
 def option_logliks(model, tokenizer, pairs: list[tuple[str, str]],
                    settings: EvalSettings) -> tuple[list[float], int]:
-    """Summed log-probability of each option's tokens after its prompt; tokens processed."""
+    """Summed log-probability of each option's tokens after its prompt; tokens processed.
+
+    Rows are padded on the left, so every option ends at the last position and only the
+    last few positions need logits: the vocabulary projection and log-softmax, which would
+    otherwise dominate a small model's forward pass, run on those positions alone.
+    """
     encoded = [encode_pair(tokenizer, prompt, option, settings.max_length, add_eos=False)
                for prompt, option in pairs]
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i].input_ids))
@@ -122,15 +127,19 @@ def option_logliks(model, tokenizer, pairs: list[tuple[str, str]],
         ids = torch.full((len(batch), width), pad, dtype=torch.long)
         mask = torch.zeros((len(batch), width), dtype=torch.long)
         for row, item in enumerate(batch):
-            ids[row, : len(item.input_ids)] = torch.tensor(item.input_ids)
-            mask[row, : len(item.input_ids)] = 1
+            ids[row, width - len(item.input_ids):] = torch.tensor(item.input_ids)
+            mask[row, width - len(item.input_ids):] = 1
         tokens += int(mask.sum())
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
-        logprobs = F.log_softmax(logits[:, :-1].float(), dim=-1)
-        picked = logprobs.gather(-1, ids[:, 1:].to(device).unsqueeze(-1)).squeeze(-1).cpu()
-        for row, item in enumerate(batch):
-            first = max(item.answer_start - 1, 0)  # the logit at t predicts token t + 1
-            results[order[start + row]] = float(picked[row, first: len(item.input_ids) - 1].sum())
+        answer_lengths = [len(e.input_ids) - max(e.answer_start, 1) for e in batch]
+        keep = max(answer_lengths) + 1  # logits at t predict token t + 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # as if each row were unpadded
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device),
+                       position_ids=positions.to(device), logits_to_keep=keep).logits
+        logprobs = F.log_softmax(logits[:, :-1].float(), dim=-1)  # predicts the last keep-1 tokens
+        targets = ids[:, width - keep + 1:].to(device)
+        picked = logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1).cpu()
+        for row, length in enumerate(answer_lengths):
+            results[order[start + row]] = float(picked[row, picked.shape[1] - length:].sum())
     return results, tokens
 
 
