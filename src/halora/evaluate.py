@@ -17,7 +17,6 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from halora.encoding import encode_pair
 from halora.errors import UsageError
 from halora.tasks import Example, Task
 
@@ -109,38 +108,74 @@ def option_logliks(model, tokenizer, pairs: list[tuple[str, str]],
                    settings: EvalSettings) -> tuple[list[float], int]:
     """Summed log-probability of each option's tokens after its prompt; tokens processed.
 
-    Rows are padded on the left, so every option ends at the last position and only the
-    last few positions need logits: the vocabulary projection and log-softmax, which would
-    otherwise dominate a small model's forward pass, run on those positions alone.
+    A prompt is run once and its key/value cache is shared by all of its options (a
+    multiple-choice item has 2-5 options and a prompt ten times longer than an option),
+    and only the positions that predict option tokens get logits.
     """
-    encoded = [encode_pair(tokenizer, prompt, option, settings.max_length, add_eos=False)
-               for prompt, option in pairs]
-    order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i].input_ids))
-    results = [0.0] * len(encoded)
+    prompts: dict[str, list[int]] = {}
+    for index, (prompt, _) in enumerate(pairs):
+        prompts.setdefault(prompt, []).append(index)
+    groups = sorted(prompts.items(), key=lambda item: -len(item[0]))
+    results = [0.0] * len(pairs)
+    tokens = 0
+    batches = range(0, len(groups), settings.batch_size)
+    for start in tqdm(batches, desc="loglik", disable=not settings.progress, leave=False):
+        batch = groups[start:start + settings.batch_size]
+        options = [[tokenizer(pairs[i][1], add_special_tokens=False).input_ids for i in indices]
+                   for _, indices in batch]
+        longest = max(len(ids) for per_prompt in options for ids in per_prompt)
+        room = max(settings.max_length - longest, 1)
+        prompt_ids = [tokenizer(prompt, add_special_tokens=True).input_ids[-room:] for prompt, _ in batch]
+        scores, used = _score_options(model, tokenizer, prompt_ids, options)
+        tokens += used
+        for (_, indices), per_prompt in zip(batch, scores, strict=True):
+            for index, score in zip(indices, per_prompt, strict=True):
+                results[index] = score
+    return results, tokens
+
+
+def _score_options(model, tokenizer, prompt_ids: list[list[int]],
+                   options: list[list[list[int]]]) -> tuple[list[list[float]], int]:
     device = _device_of(model)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    tokens = 0
-    batches = range(0, len(order), settings.batch_size)
-    for start in tqdm(batches, desc="loglik", disable=not settings.progress, leave=False):
-        batch = [encoded[i] for i in order[start:start + settings.batch_size]]
-        width = max(len(e.input_ids) for e in batch)
-        ids = torch.full((len(batch), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, item in enumerate(batch):
-            ids[row, width - len(item.input_ids):] = torch.tensor(item.input_ids)
-            mask[row, width - len(item.input_ids):] = 1
-        tokens += int(mask.sum())
-        answer_lengths = [len(e.input_ids) - max(e.answer_start, 1) for e in batch]
-        keep = max(answer_lengths) + 1  # logits at t predict token t + 1
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # as if each row were unpadded
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device),
-                       position_ids=positions.to(device), logits_to_keep=keep).logits
-        logprobs = F.log_softmax(logits[:, :-1].float(), dim=-1)  # predicts the last keep-1 tokens
-        targets = ids[:, width - keep + 1:].to(device)
-        picked = logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1).cpu()
-        for row, length in enumerate(answer_lengths):
-            results[order[start + row]] = float(picked[row, picked.shape[1] - length:].sum())
-    return results, tokens
+    ids, mask = _pad(prompt_ids, pad, left=True)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    out = model(input_ids=ids.to(device), attention_mask=mask.to(device),
+                position_ids=positions.to(device), use_cache=True, logits_to_keep=1)
+    first = F.log_softmax(out.logits[:, -1].float(), dim=-1).cpu()  # predicts each option's 1st token
+    owners = [row for row, per_prompt in enumerate(options) for _ in per_prompt]
+    flat = [ids_ for per_prompt in options for ids_ in per_prompt]
+    scores = [first[owner, option[0]].item() if option else 0.0
+              for owner, option in zip(owners, flat, strict=True)]
+    tokens = int(mask.sum()) + sum(len(option) for option in flat)
+    if max(len(option) for option in flat) > 1:  # the rest of each option, on the shared cache
+        cache = out.past_key_values
+        cache.batch_select_indices(torch.tensor(owners, device=device))
+        rest, rest_mask = _pad([option[:-1] for option in flat], pad, left=False)
+        full_mask = torch.cat([mask[owners], rest_mask], dim=1)
+        rest_positions = mask.sum(-1)[owners, None] + torch.arange(rest.shape[1])
+        logits = model(input_ids=rest.to(device), attention_mask=full_mask.to(device),
+                       position_ids=rest_positions.to(device), past_key_values=cache).logits
+        logprobs = F.log_softmax(logits.float(), dim=-1).cpu()
+        for row, option in enumerate(flat):
+            for step, token in enumerate(option[1:]):
+                scores[row] += logprobs[row, step, token].item()
+    per_prompt, cursor = [], 0
+    for group in options:
+        per_prompt.append(scores[cursor:cursor + len(group)])
+        cursor += len(group)
+    return per_prompt, tokens
+
+
+def _pad(rows: list[list[int]], pad: int, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(max(len(row) for row in rows), 1)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for index, row in enumerate(rows):
+        span = slice(width - len(row), width) if left else slice(0, len(row))
+        ids[index, span] = torch.tensor(row, dtype=torch.long)
+        mask[index, span] = 1
+    return ids, mask
 
 
 def _score_generations(model, tokenizer, task, examples, settings) -> TaskScore:

@@ -542,13 +542,16 @@ class StuckAtFaults(_Float32Model):
     def _apply_f32(self, w: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         u = _rand(w, generator)
         p0, p1 = self.p0, self.p1
-        ref = tile_reference(w, self.tile)
-        zero_sign = torch.where(u < p0 + 0.5 * p1, 1.0, -1.0)
-        sign = torch.where(w == 0, zero_sign, torch.sign(w))
-        sa0 = u < p0
-        sa1 = (u >= p0) & (u < p0 + p1)
-        out = torch.where(sa0, torch.zeros_like(w), w)
-        return torch.where(sa1, sign * ref, out)
+        # Only the few faulty cells are computed: full-size temporaries cost more than the draw.
+        rows, cols = (u < p0 + p1).nonzero(as_tuple=True)
+        u_hit, w_hit = u[rows, cols], w[rows, cols]
+        tr, tc = self.tile
+        ref_hit = _tile_amax(w, self.tile)[rows // tr, cols // tc]
+        zero_sign = torch.where(u_hit < p0 + 0.5 * p1, 1.0, -1.0)
+        sign = torch.where(w_hit == 0, zero_sign, torch.sign(w_hit))
+        out = w.clone()
+        out[rows, cols] = torch.where(u_hit < p0, torch.zeros_like(w_hit), sign * ref_hit)
+        return out
 
 
 def _levels_to_bits(levels: int) -> int | None:
