@@ -46,12 +46,7 @@ def _questions(examples: list[Example]) -> set[str]:
 
 def test_default_suite_has_four_mc_tasks(suite):
     assert len(suite) == len(DEFAULT_SUITE) >= 4
-    assert [t.name for t in suite] == [
-        "leg_counting",
-        "basic_arithmetic",
-        "family_relationships",
-        "syllogism",
-    ]
+    assert [t.name for t in suite] == ["aiw", "family_relationships", "basic_arithmetic", "count_bits"]
     for task in suite:
         assert isinstance(task, ReasoningGymTask)
         test = task.examples("test", 50)
@@ -121,8 +116,15 @@ def test_deterministic_across_loads_and_prefix_stable(suite):
         assert b.examples("test", 10) == b.examples("test", 30)[:10]
 
 
-def test_numeric_options_are_near_misses(suite):
-    legs, arith = suite[0], suite[1]
+@pytest.fixture(scope="module")
+def more():
+    """Generators outside the default suite that keep their option rules."""
+    return {t.name: t for t in load_tasks(
+        "rg:leg_counting(min_animals=1,max_animals=2,max_instances=3);rg:syllogism(invalid_ratio=0.5)")}
+
+
+def test_numeric_options_are_near_misses(suite, more):
+    legs, arith = more["leg_counting"], suite[2]
     for e in legs.examples("test", 100):
         values = [int(o) for o in e.options]
         gold = values[e.gold]
@@ -133,8 +135,8 @@ def test_numeric_options_are_near_misses(suite):
     assert positions == {0, 1, 2, 3}
 
 
-def test_closed_set_options(suite):
-    family, syllogism = suite[2], suite[3]
+def test_closed_set_options(suite, more):
+    family, syllogism = suite[1], more["syllogism"]
     relations = set(CLOSED_ANSWER_SETS["family_relationships"])
     female, male = DISTRACTOR_GROUPS["family_relationships"]
     assert "mother-in-law" in female and "nephew" in male and set(female) | set(male) == relations

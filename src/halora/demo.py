@@ -37,26 +37,32 @@ class DemoSettings:
     model: str = SMOLLM2
     tasks: str = "default"
     methods: tuple[str, ...] = ("lora", "noisy", "halora")
-    steps: int = 150  # optimizer steps per adapter
-    train_n: int = 400  # training items per task
+    # Budget arithmetic on a 2-core CPU (measured: a training step at batch 8 takes 2.2 s,
+    # scoring one 4-option item 0.085 s): 3 x 60 steps ~ 6.6 min; 13 chips x 3 adapters x
+    # 4 tasks x 24 items ~ 5.3 min; loading and writing ~ 1 min: about 13 min in all.
+    steps: int = 60  # optimizer steps per adapter: the suite's tasks are learned by then
+    train_n: int = 150  # training items per task (60 steps x 8 = 480 items seen)
     batch_size: int = 8
-    lr: float = 2e-3
+    lr: float = 3e-3
     max_length: int = 128
-    # Training noise: the paper's sigma 0.01 tile-64, re-drawn every 25 steps (the paper's
-    # K = 400 would never re-draw in a run this short).
-    train_noise: str = "gaussian:sigma=0.01,scale=tile,tile=64"
-    redraw_every: int = 25
+    # Training noise matched to the harshest deployment level (sigma 0.02, tile-64),
+    # re-drawn every 10 steps (the paper's K = 400 would never re-draw in a run this short).
+    train_noise: str = "gaussian:sigma=0.02,scale=tile,tile=64"
+    redraw_every: int = 10
     mu: float = 0.1
     reduction: str = "mean"
-    test_n: int = 40  # test items per task
+    test_n: int = 24  # test items per task
     sigmas: tuple[float, ...] = (0.005, 0.01, 0.02)
     seeds: int = 3  # chip seeds per noise condition
-    saf: str = "saf:p0=0.01,p1=0.01"
+    # Stuck-at faults at 0.1 % SA0 + 0.1 % SA1 cost plain LoRA about 10 points on this
+    # suite (1 % each sends it to chance).
+    saf: str = "saf:p0=0.001,p1=0.001"
     rank: int = 4
 
 
 DEMO = DemoSettings()
-QUICK = replace(DEMO, steps=40, train_n=120, test_n=16, seeds=2, redraw_every=10)
+# The same pipeline in about 5 minutes: 3 x 20 steps, 9 chips x 3 adapters x 4 tasks x 10 items.
+QUICK = replace(DEMO, steps=20, train_n=60, test_n=10, seeds=2, redraw_every=5)
 
 
 def run_demo(settings: DemoSettings, out: str | Path, progress: bool = True,
@@ -119,8 +125,8 @@ def _train_settings(settings: DemoSettings, method: str, progress: bool) -> Trai
 # Seconds per unit measured on the 2-core CPU this project is built on (SmolLM2-135M, fp32):
 # a training step at batch 8 x <=128 tokens, and one test item scored by log-likelihood
 # (about 3.5 options of about 60 tokens each).
-SECONDS_PER_STEP = 1.4
-SECONDS_PER_ITEM = 0.08
+SECONDS_PER_STEP = 2.2
+SECONDS_PER_ITEM = 0.085
 
 
 def estimate_minutes(settings: DemoSettings, n_tasks: int) -> float:
@@ -128,7 +134,7 @@ def estimate_minutes(settings: DemoSettings, n_tasks: int) -> float:
     items = chips * len(settings.methods) * n_tasks * settings.test_n
     seconds = settings.steps * len(settings.methods) * SECONDS_PER_STEP + items * SECONDS_PER_ITEM
     scale = 1.0 if not torch.cuda.is_available() else 0.1
-    return scale * seconds / 60 + 0.5  # + loading and writing
+    return scale * seconds / 60 + 1.0  # + loading, programming and writing
 
 
 def _summary(records: list[dict], settings: DemoSettings, seconds: float) -> dict:

@@ -11,6 +11,7 @@ Both are batched and deterministic.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 
 import torch
@@ -149,13 +150,13 @@ def _score_options(model, tokenizer, prompt_ids: list[list[int]],
               for owner, option in zip(owners, flat, strict=True)]
     tokens = int(mask.sum()) + sum(len(option) for option in flat)
     if max(len(option) for option in flat) > 1:  # the rest of each option, on the shared cache
-        cache = out.past_key_values
+        cache = getattr(out, "cache", None) or out.past_key_values
         cache.batch_select_indices(torch.tensor(owners, device=device))
         rest, rest_mask = _pad([option[:-1] for option in flat], pad, left=False)
         full_mask = torch.cat([mask[owners], rest_mask], dim=1)
         rest_positions = mask.sum(-1)[owners, None] + torch.arange(rest.shape[1])
         logits = model(input_ids=rest.to(device), attention_mask=full_mask.to(device),
-                       position_ids=rest_positions.to(device), past_key_values=cache).logits
+                       position_ids=rest_positions.to(device), **{_cache_keyword(model): cache}).logits
         logprobs = F.log_softmax(logits.float(), dim=-1).cpu()
         for row, option in enumerate(flat):
             for step, token in enumerate(option[1:]):
@@ -165,6 +166,13 @@ def _score_options(model, tokenizer, prompt_ids: list[list[int]],
         per_prompt.append(scores[cursor:cursor + len(group)])
         cursor += len(group)
     return per_prompt, tokens
+
+
+def _cache_keyword(model) -> str:
+    """transformers 5 names the key/value cache argument `cache`; earlier releases
+    `past_key_values` (still accepted, with a deprecation warning)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
 
 def _pad(rows: list[list[int]], pad: int, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
