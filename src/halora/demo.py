@@ -45,9 +45,10 @@ class DemoSettings:
     batch_size: int = 8
     lr: float = 3e-3
     max_length: int = 128
-    # Training noise matched to the harshest deployment level (sigma 0.02, tile-64),
-    # re-drawn every 10 steps (the paper's K = 400 would never re-draw in a run this short).
-    train_noise: str = "gaussian:sigma=0.02,scale=tile,tile=64"
+    # Training noise: the paper's sigma 0.01, tile-64, re-drawn every 10 steps (the paper's
+    # K = 400 would never re-draw in a run this short). Measured with sigma 0.02 instead:
+    # noisy and halora reached only 54 % clean and 48 % at sigma 0.02 (lora: 76 / 58).
+    train_noise: str = "gaussian:sigma=0.01,scale=tile,tile=64"
     redraw_every: int = 10
     mu: float = 0.1
     reduction: str = "mean"
