@@ -202,10 +202,9 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int,
     device = _device_of(model)
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"  # generation continues from the last real token
-    outputs, tokens = [], 0
+    texts, tokens = [""] * len(prompts), 0
     try:
         order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
-        texts = [""] * len(prompts)
         batches = range(0, len(order), settings.batch_size)
         for start in tqdm(batches, desc="generate", disable=not settings.progress, leave=False):
             chunk = [prompts[i] for i in order[start:start + settings.batch_size]]
@@ -217,10 +216,9 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int,
             tokens += int(batch["attention_mask"].sum()) + new.numel()
             for row, text in enumerate(tokenizer.batch_decode(new, skip_special_tokens=True)):
                 texts[order[start + row]] = text
-        outputs = texts
     finally:
         tokenizer.padding_side = side
-    return outputs, tokens
+    return texts, tokens
 
 
 def _device_of(model) -> torch.device:

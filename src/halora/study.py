@@ -20,7 +20,7 @@ import re
 import statistics
 import sys
 from collections import defaultdict
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -337,7 +337,3 @@ def report_markdown(report: dict) -> str:
 
 def _describe(study: StudySettings) -> dict:
     return json.loads(json.dumps(asdict(study), default=list))
-
-
-def with_overrides(study: StudySettings, **changes: Any) -> StudySettings:
-    return replace(study, **{k: v for k, v in changes.items() if v is not None})

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -151,7 +153,7 @@ def run_sweep(model, tokenizer, tasks: list[Task], plan: SweepPlan, out: str | P
                 continue
             chip = _program(chip, model, condition, seed, placement)
             for method, task in todo:
-                with _adapter(model, method):
+                with _using_adapter(model, method):
                     score = evaluate_task(model, tokenizer, task, plan.eval, examples[task.name])
                 cache.add({"key": cell_key(method, task.name, condition.spec, seed),
                            "method": method, "noise": condition.noise, "spec": condition.spec,
@@ -173,26 +175,17 @@ def _program(chip: Chip | None, model, condition: Condition, seed: int,
     return chip
 
 
-class _adapter:
-    """Switch the PeftModel to one adapter, or disable adapters for the base."""
-
-    def __init__(self, model, method: str) -> None:
-        self.model, self.method = model, method
-        self.context = None
-
-    def __enter__(self):
-        if not hasattr(self.model, "set_adapter"):
-            return self.model
-        if self.method == BASE:
-            self.context = self.model.disable_adapter()
-            self.context.__enter__()
-        else:
-            self.model.set_adapter(self.method)
-        return self.model
-
-    def __exit__(self, *exc) -> None:
-        if self.context is not None:
-            self.context.__exit__(*exc)
+@contextmanager
+def _using_adapter(model, method: str) -> Iterator[None]:
+    """The PeftModel switched to one adapter, or with adapters disabled for the base."""
+    if not hasattr(model, "set_adapter"):
+        yield
+    elif method == BASE:
+        with model.disable_adapter():
+            yield
+    else:
+        model.set_adapter(method)
+        yield
 
 
 def gather_records(out: str | Path) -> list[dict]:
