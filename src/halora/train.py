@@ -338,6 +338,12 @@ def _check_out_dir(out: Path, resume: bool) -> None:
         raise UsageError(f"--out {out} is not empty: pick a new folder, or --resume a run there")
 
 
+# transformers 5 renamed gradient_checkpointing (now a deprecated alias) to activation_checkpointing.
+_CHECKPOINTING = ("activation_checkpointing"
+                  if "activation_checkpointing" in {f.name for f in fields(TrainingArguments)}
+                  else "gradient_checkpointing")
+
+
 def _training_arguments(out: Path, settings: TrainSettings) -> TrainingArguments:
     on_gpu = torch.cuda.is_available()
     if settings.precision != "fp32" and not on_gpu:
@@ -353,7 +359,7 @@ def _training_arguments(out: Path, settings: TrainSettings) -> TrainingArguments
         weight_decay=settings.weight_decay,
         bf16=settings.precision == "bf16",
         fp16=settings.precision == "fp16",
-        gradient_checkpointing=settings.gradient_checkpointing,
+        **{_CHECKPOINTING: settings.gradient_checkpointing},
         logging_steps=settings.logging_steps,
         save_strategy="steps",
         save_steps=settings.save_steps,
