@@ -207,3 +207,26 @@ def test_noise_curriculum_and_noise_targets(tmp_path, monkeypatch):
           quick("noisy", steps=2, noise_targets=("down_proj",)), LORA)
     assert {name for name, noisy in seen_noise.items() if noisy} == {
         name for name in clean if name.endswith("down_proj")}
+
+
+def test_gradient_accumulation_and_checkpointing_train_halora(tmp_path):
+    model, tokenizer = build_tiny(), byte_tokenizer()
+    settings = quick("halora", batch_size=4, grad_accum=2, gradient_checkpointing=True)
+    result = train(model, tokenizer, examples(), tmp_path / "ga", settings, LORA)
+    losses = [record["loss"] for record in result.log]
+    assert losses[-1] < 0.8 * losses[0], losses
+    assert all(record["reg"] > 0 for record in result.log)
+
+
+def test_reg_term_counts_once_per_optimizer_step_under_accumulation(tmp_path):
+    """mu * reg must weigh the same with 2 x 4 accumulated examples as with one batch of 8."""
+    common = dict(steps=6, mu=1.0, reduction="sum")
+    whole = train(build_tiny(), byte_tokenizer(), examples(), tmp_path / "one",
+                  quick("reg", batch_size=8, grad_accum=1, **common), LORA)
+    split = train(build_tiny(), byte_tokenizer(), examples(), tmp_path / "two",
+                  quick("reg", batch_size=4, grad_accum=2, **common), LORA)
+    assert whole.steps == split.steps == 6
+    one = load_file(tmp_path / "one" / "adapter_model.safetensors")
+    two = load_file(tmp_path / "two" / "adapter_model.safetensors")
+    for key in one:
+        assert torch.allclose(one[key], two[key], rtol=1e-3, atol=1e-5), key
