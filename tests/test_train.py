@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -230,3 +231,25 @@ def test_reg_term_counts_once_per_optimizer_step_under_accumulation(tmp_path):
     two = load_file(tmp_path / "two" / "adapter_model.safetensors")
     for key in one:
         assert torch.allclose(one[key], two[key], rtol=1e-3, atol=1e-5), key
+
+
+@pytest.mark.slow
+def test_ddp_on_cpu_with_torchrun(tmp_path):
+    """Two data-parallel ranks (gloo, CPU) train halora with noise re-draws: one adapter saved."""
+    import shutil
+    import subprocess
+    import sys
+
+    torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
+    data = tmp_path / "pairs.json"
+    data.write_text(json.dumps([{"prompt": e.prompt, "answer": e.answer} for e in examples(64)]))
+    out = tmp_path / "ddp"
+    done = subprocess.run(
+        [torchrun, "--nproc_per_node", "2", "-m", "halora.cli", "train", "--model", "tiny",
+         "--tasks", f"json:{data}", "--train-n", "40", "--method", "halora", "--steps", "4",
+         "--redraw-every", "2", "--batch-size", "4", "--logging-steps", "2", "--out", str(out),
+         "--no-progress"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("trained halora for 4 steps") == 1  # printed by the main rank only
+    assert json.loads((out / SIDECAR).read_text())["method"] == "halora"
+    assert load_file(out / "adapter_model.safetensors")

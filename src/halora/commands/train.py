@@ -64,6 +64,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from accelerate import PartialState
+
     from halora.tasks import load_tasks
 
     settings = settings_from(args, TrainSettings)
@@ -75,6 +77,8 @@ def run(args: argparse.Namespace) -> int:
                    model_name=model_label(args.model), resume=args.resume,
                    extra_metadata={"tasks": args.tasks, "train_n": args.train_n,
                                    "model_arg": args.model})
-    print(f"trained {settings.method} for {result.steps} steps, final loss "
-          f"{result.final_loss:.4f}; adapter in {result.out_dir}")
+    if PartialState().is_main_process:  # one line under torchrun / accelerate, not one per rank
+        loss = f"{result.final_loss:.4f}" if result.log else "not logged (steps < logging steps)"
+        print(f"trained {settings.method} for {result.steps} steps, final loss {loss}; "
+              f"adapter in {result.out_dir}")
     return 0
