@@ -44,3 +44,8 @@ def test_demo_pipeline_on_tiny(tmp_path, capsys):
         assert (out / name).is_file()
     assert main(argv) == 0  # an existing demo folder resumes: nothing is trained again
     assert "already trained" in capsys.readouterr().out
+    other = tmp_path / "with-curriculum"
+    argv = [*argv[:-3], "--out", str(other), "--methods", "lora", "--with-curriculum", "--no-progress"]
+    assert main(argv) == 0
+    results = json.loads((other / "results.json").read_text())
+    assert {r["method"] for r in results["runs"]} == {"lora", "curriculum"}

@@ -1,10 +1,18 @@
 import json
+import shutil
 
 import pytest
 
 from halora.cli import main
 from halora.errors import UsageError
-from halora.study import Arm, StudySettings, bootstrap_mean_ci, choose_arms, load_study
+from halora.study import (
+    Arm,
+    StudySettings,
+    bootstrap_delta_ci,
+    bootstrap_mean_ci,
+    choose_arms,
+    load_study,
+)
 
 STUDY = """
 [study]
@@ -96,6 +104,15 @@ def test_bootstrap_interval():
     assert point == pytest.approx(50.0) and low < 50 < high and high - low < 50
 
 
+def test_paired_difference_interval():
+    base = [record(f"a@{seed}", "t", [1, 0] * 20) for seed in range(2)]
+    same = [record(f"b@{seed}", "t", [1, 0] * 20) for seed in range(2)]
+    assert bootstrap_delta_ci(same, base, 300) == (0.0, 0.0, 0.0)  # paired: the same items cancel
+    better = [record(f"b@{seed}", "t", [1, 1, 1, 0] * 10) for seed in range(2)]  # +25 points
+    point, low, high = bootstrap_delta_ci(better, base, 500)
+    assert point == pytest.approx(25.0) and 0 < low < 25 < high
+
+
 def test_choose_arms_by_noisy_validation_accuracy():
     study = StudySettings(arms=(Arm("lora", "lora"), Arm("h1", "halora"), Arm("h2", "halora")))
     records = [record("lora", "t", [1, 0], spec="g", noise="gaussian"),
@@ -116,6 +133,9 @@ def test_study_end_to_end_on_tiny(tmp_path, capsys):
     assert "none" in specs and len(specs) == 4  # clean, two sigmas, SAF
     for row in rows:
         assert row["ci95"][0] <= row["accuracy"] <= row["ci95"][1]
+        assert row["delta_ci95"][0] <= row["delta_vs_baseline"] <= row["delta_ci95"][1]
+        if row["method"] == "lora":
+            assert row["delta_vs_baseline"] == 0.0
         assert row["cells"] == (1 if row["spec"] == "none" else 2) * 2  # chips x training seeds
     assert set(report["final"]["loglik"]["recovery"]) == specs - {"none"}
     markdown = (out / "report.md").read_text()
@@ -125,3 +145,10 @@ def test_study_end_to_end_on_tiny(tmp_path, capsys):
     mtimes = {p: p.stat().st_mtime for p in (out / "adapters").rglob("adapter_model.safetensors")}
     assert main(["study", "--study", str(path), "--out", str(out)]) == 0  # resumes: nothing retrained
     assert {p: p.stat().st_mtime for p in mtimes} == mtimes
+    stopped = out / "adapters" / "lora" / "seed1"  # killed before its first checkpoint
+    shutil.rmtree(stopped)
+    stopped.mkdir()
+    (stopped / "train_log.jsonl").write_text('{"step": 1}\n')
+    assert main(["study", "--study", str(path), "--out", str(out)]) == 0  # starts that run over
+    assert (stopped / "adapter_model.safetensors").is_file()
+

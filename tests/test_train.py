@@ -7,13 +7,13 @@ from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
-from halora.cim import rram_layers
+from halora.cim import Placement, rram_layers
 from halora.cli import main
 from halora.errors import UsageError
 from halora.lora import LoraSettings
 from halora.models import build_tiny, byte_tokenizer
 from halora.tasks import Example
-from halora.train import METHODS, SIDECAR, TrainSettings, train, weights_hash
+from halora.train import METHODS, SIDECAR, NoiseInjection, TrainSettings, train, weights_hash
 
 LORA = LoraSettings(rank=4, alpha=8, dropout=0.0)
 
@@ -40,7 +40,7 @@ def test_every_method_trains_and_restores_the_clean_base(method, tmp_path):
     assert weights_hash(model) == clean_hash  # no noise left in the base
     regs = [record.get("reg") for record in result.log]
     assert all(r is not None for r in regs) == (method in ("reg", "halora"))
-    assert bool(result.draws) == (method in ("noisy", "halora"))
+    assert bool(result.draws) == (method in ("noisy", "halora", "curriculum"))
 
 
 class WatchBase(TrainerCallback):
@@ -208,6 +208,15 @@ def test_noise_curriculum_and_noise_targets(tmp_path, monkeypatch):
           quick("noisy", steps=2, noise_targets=("down_proj",)), LORA)
     assert {name for name, noisy in seen_noise.items() if noisy} == {
         name for name in clean if name.endswith("down_proj")}
+
+
+def test_curriculum_ramps_its_noise_over_two_thirds_of_the_steps_by_default():
+    assert quick("curriculum", steps=60).ramp_steps == 40
+    assert quick("curriculum", steps=60, noise_ramp_steps=10).ramp_steps == 10
+    assert quick("noisy", steps=60).ramp_steps == 0
+    assert quick("curriculum").injects_noise and not quick("curriculum").regularizes
+    injection = NoiseInjection(None, quick("curriculum", steps=12), Placement())
+    assert [injection.noise_scale(step) for step in (0, 4, 8, 12)] == [0.0, 0.5, 1.0, 1.0]
 
 
 def test_gradient_accumulation_and_checkpointing_train_halora(tmp_path):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
+import shutil
 import statistics
 import sys
 from collections import defaultdict
@@ -192,12 +193,15 @@ def _trained(study: StudySettings, arm: Arm, seed: int, examples, out: Path, log
     folder = out / "adapters" / arm.name / f"seed{seed}"
     if (folder / "adapter_model.safetensors").is_file():
         return str(folder)
+    resume = folder.is_dir() and any(folder.glob("checkpoint-*"))
+    if folder.is_dir() and not resume:
+        shutil.rmtree(folder)  # stopped before its first checkpoint: this folder is ours, start over
     log(f"  training {arm.name} (seed {seed})")
     model, tokenizer = load_model(study.model)
     rank = arm.rank or study.rank
     train(model, tokenizer, examples, folder, _train_settings(study, arm, seed),
           LoraSettings(rank=rank, alpha=2.0 * rank), model_name=model_label(study.model),
-          resume=folder.exists() and any(folder.glob("checkpoint-*")),
+          resume=resume,
           extra_metadata={"study_arm": asdict(arm)})
     return str(folder)
 
@@ -234,6 +238,24 @@ def _items(record: dict) -> list[int]:
     return [int(c) for c in record["items"]]
 
 
+def _item_tables(records: list[dict]) -> dict:
+    """Per task: [training seed, item] correctness averaged over chip seeds."""
+    import numpy as np
+
+    trains = sorted({r["method"] for r in records})
+    tasks = sorted({r["task"] for r in records})
+    return {task: np.array([np.mean([_items(r) for r in records
+                                     if r["task"] == task and r["method"] == t], axis=0)
+                            for t in trains]) for task in tasks}
+
+
+def _resampled_means(tables: dict, picks, items) -> float:
+    """Task-averaged accuracy (%) for one resample: training seeds `picks`, item indices `items`."""
+    import numpy as np
+
+    return 100 * float(np.mean([tables[task][picks][:, items[task]].mean() for task in tables]))
+
+
 def bootstrap_mean_ci(records: list[dict], resamples: int, seed: int = 0) -> tuple[float, float, float]:
     """Mean accuracy (%) and a 95 % interval, resampling training seeds, then test items.
 
@@ -241,25 +263,36 @@ def bootstrap_mean_ci(records: list[dict], resamples: int, seed: int = 0) -> tup
     tasks. A resample draws training seeds with replacement and, per task, test items with
     replacement (the same item indices on every chip and seed: they are the same items).
     """
+    return bootstrap_delta_ci(records, None, resamples, seed)
+
+
+def bootstrap_delta_ci(records: list[dict], reference: list[dict] | None, resamples: int,
+                       seed: int = 0) -> tuple[float, float, float]:
+    """Accuracy (%) of `records` minus that of `reference` (or alone when None), with a 95 %
+    interval. Paired over test items: both sides are scored on the same items, so each
+    resample draws one set of item indices for both; training seeds are drawn per side.
+    Pairing is what makes a difference of a few points measurable with 30 items per task."""
     import numpy as np
 
-    trains = sorted({r["method"] for r in records})
-    tasks = sorted({r["task"] for r in records})
-    # per task: [training seed, item] = item correctness averaged over chip seeds
-    table = {task: np.array([np.mean([_items(r) for r in records
-                                      if r["task"] == task and r["method"] == t], axis=0)
-                             for t in trains]) for task in tasks}
-    point = 100 * float(np.mean([table[task].mean() for task in tasks]))
+    tables = _item_tables(records)
+    others = _item_tables(reference) if reference else None
+    full = {task: np.arange(table.shape[1]) for task, table in tables.items()}
+
+    def value(picks, other_picks, items) -> float:
+        mine = _resampled_means(tables, picks, items)
+        return mine - _resampled_means(others, other_picks, items) if others else mine
+
+    seeds_here = np.arange(len(next(iter(tables.values()))))
+    seeds_there = np.arange(len(next(iter(others.values()))) if others else 0)
+    point = value(seeds_here, seeds_there, full)
     rng = np.random.default_rng(seed)
-    means = np.empty(resamples)
+    draws = np.empty(resamples)
     for b in range(resamples):
-        picked = rng.integers(len(trains), size=len(trains))
-        per_task = []
-        for task in tasks:
-            n = table[task].shape[1]
-            per_task.append(table[task][picked][:, rng.integers(n, size=n)].mean())
-        means[b] = 100 * np.mean(per_task)
-    low, high = np.percentile(means, [2.5, 97.5])
+        picks = rng.integers(len(seeds_here), size=len(seeds_here))
+        other_picks = rng.integers(len(seeds_there), size=len(seeds_there)) if others else seeds_there
+        items = {task: rng.integers(table.shape[1], size=table.shape[1]) for task, table in tables.items()}
+        draws[b] = value(picks, other_picks, items)
+    low, high = np.percentile(draws, [2.5, 97.5])
     return point, float(low), float(high)
 
 
@@ -275,8 +308,12 @@ def build_report(study: StudySettings, chosen: dict[str, str], selection: list[d
             for noise, spec, sigma in conditions:
                 cells = [r for r in records if r["method"].rsplit("@", 1)[0] == arm and r["spec"] == spec]
                 mean, low, high = bootstrap_mean_ci(cells, study.bootstrap)
+                baseline = [r for r in records if r["method"].rsplit("@", 1)[0] == chosen[study.baseline]
+                            and r["spec"] == spec]
+                delta, delta_low, delta_high = bootstrap_delta_ci(cells, baseline, study.bootstrap)
                 rows.append({"method": method, "arm": arm, "noise": noise, "spec": spec, "sigma": sigma,
                              "accuracy": mean, "ci95": [low, high],
+                             "delta_vs_baseline": delta, "delta_ci95": [delta_low, delta_high],
                              "chip_std": _chip_std(cells), "cells": len(cells)})
         report["final"][scorer] = {"rows": rows, "recovery": _recoveries(rows, study.baseline)}
     return report
@@ -325,9 +362,14 @@ def report_markdown(report: dict) -> str:
     lines += ["", "Chosen: " + ", ".join(f"{m} → {a}" for m, a in report["chosen"].items())]
     for scorer, final in report["final"].items():
         lines += ["", f"## Test accuracy % ({scorer} scoring), 95 % bootstrap CI, chip-seed std", "",
-                  "| method (arm) | chip | accuracy | 95 % CI | chip std |", "|---|---|---|---|---|"]
+                  f"Δ is the difference to {report['study']['baseline']} on the same chips, with a "
+                  "95 % interval paired over test items.", "",
+                  "| method (arm) | chip | accuracy | 95 % CI | Δ | Δ 95 % CI | chip std |",
+                  "|---|---|---|---|---|---|---|"]
         lines += [f"| {r['method']} ({r['arm']}) | {r['spec']} | {r['accuracy']:.1f} | "
-                  f"{r['ci95'][0]:.1f} … {r['ci95'][1]:.1f} | {r['chip_std']:.1f} |" for r in final["rows"]]
+                  f"{r['ci95'][0]:.1f} … {r['ci95'][1]:.1f} | {r['delta_vs_baseline']:+.1f} | "
+                  f"{r['delta_ci95'][0]:+.1f} … {r['delta_ci95'][1]:+.1f} | {r['chip_std']:.1f} |"
+                  for r in final["rows"]]
         lines += ["", "Recovery ratio (method − lora on chip) / (lora clean − lora on chip):", ""]
         for spec, ratios in final["recovery"].items():
             text = ", ".join(f"{m} {v:.2f}" if v is not None else f"{m} n/a" for m, v in ratios.items())

@@ -14,7 +14,7 @@ HELP = ("Train lora / noisy / halora adapters on SmolLM2-135M, sweep them over s
 SETTING_HELP = {
     "model": "model name or folder",
     "tasks": "task spec",
-    "methods": "adapters to train (reg is the regulariser-only ablation)",
+    "methods": "adapters to train: lora, noisy, halora, reg (the regulariser alone), curriculum",
     "steps": "optimizer steps per adapter",
     "train_n": "training items per task",
     "test_n": "test items per task",
@@ -30,6 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true",
                         help="fewer steps, items and seeds: the same pipeline in about 5 minutes")
     parser.add_argument("--with-reg", action="store_true", help="also train the reg-only ablation")
+    parser.add_argument("--with-curriculum", action="store_true",
+                        help="also train curriculum, the study's best method (adds about 4 min)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_settings_arguments(parser, DemoSettings, SETTING_HELP, "demo settings (override the preset)",
                            default_note="default: the preset's")
@@ -41,8 +43,9 @@ def run(args: argparse.Namespace) -> int:
     given = {name: value for name, value in vars(args).items()
              if name in DemoSettings.__dataclass_fields__ and value is not None}
     settings = settings_from(argparse.Namespace(), DemoSettings, **{**vars_of(preset), **given})
-    if args.with_reg and "reg" not in settings.methods:
-        settings = replace(settings, methods=(*settings.methods, "reg"))
+    extra = [m for m, wanted in (("reg", args.with_reg), ("curriculum", args.with_curriculum))
+             if wanted and m not in settings.methods]
+    settings = replace(settings, methods=(*settings.methods, *extra))
     run_demo(settings, args.out or default_out(), progress=not args.no_progress)
     return 0
 

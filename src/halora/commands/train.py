@@ -16,14 +16,16 @@ from halora.commands.common import (
 from halora.models import load_model, model_label
 from halora.train import TrainSettings, train
 
-HELP = "Train a LoRA adapter: lora, noisy (noise injection), reg (regulariser) or halora (both)."
+HELP = ("Train a LoRA adapter: lora, noisy (noise injection), reg (regulariser), halora (both) or "
+        "curriculum (noise that grows over training).")
 
 SETTING_HELP = {
-    "method": "lora | noisy | reg | halora",
+    "method": "lora | noisy | reg | halora | curriculum",
     "noise": "training noise spec written into the RRAM-placed base weights",
     "redraw_every": "re-draw the training noise every K optimizer steps",
     "noise_seed": "seed of the training noise draws",
-    "noise_ramp_steps": "curriculum: grow the training noise's sigma from 0 over N steps (0: off)",
+    "noise_ramp_steps": "grow the training noise's sigma from 0 over N steps "
+                        "(0: off; for curriculum 2/3 of the steps)",
     "noise_targets": "layers that get training noise (default: the RRAM placement)",
     "mu": "weight of the HaLoRA regulariser",
     "reduction": "sum or mean of the regulariser over LoRA modules",
