@@ -398,7 +398,7 @@ def _refuse_sharded_noise(trainer: Trainer) -> None:
     ):
         raise UsageError(
             "noise injection writes per-tile noise into whole base weights, which FSDP and "
-            "ZeRO-3 shard: train noisy/halora with DDP or DeepSpeed ZeRO-1/2 "
+            "ZeRO-3 shard: train noisy/halora/curriculum with DDP or DeepSpeed ZeRO-1/2 "
             "(the frozen base is small next to the GPU), or use method lora/reg")
 
 
