@@ -37,9 +37,10 @@ class DemoSettings:
     model: str = SMOLLM2
     tasks: str = "default"
     methods: tuple[str, ...] = ("lora", "noisy", "halora")
-    # Budget arithmetic on a 2-core CPU (measured: a training step at batch 8 takes 2.2 s,
-    # scoring one 4-option item 0.085 s): 3 x 60 steps ~ 6.6 min; 13 chips x 3 adapters x
-    # 4 tasks x 24 items ~ 5.3 min; loading and writing ~ 1 min: about 13 min in all.
+    # Budget arithmetic on a 2-core CPU (measured: a training step at batch 8 takes 2.0 s,
+    # scoring one 4-option item 0.07 s): 3 x 60 steps ~ 6 min; 13 chips x 3 adapters x
+    # 4 tasks x 24 items ~ 4.4 min; loading and writing ~ 1 min. Measured from a fresh
+    # clone: 10.8 min (2026-11-29). --with-curriculum adds about 3.5 min.
     # The training recipe is the reduced robustness study's (presets/studies/reduced.toml),
     # so the demo's adapters are that study's seed-0 recipes: 60 steps at batch 8 and
     # lr 3e-3 learn the suite's tasks (clean LoRA ~74 % against 25 % chance).
@@ -65,7 +66,8 @@ class DemoSettings:
 
 
 DEMO = DemoSettings()
-# The same pipeline in about 5 minutes: 3 x 20 steps, 9 chips x 3 adapters x 4 tasks x 10 items.
+# The same pipeline in about 5 minutes (4.0 min measured): 3 x 20 steps, 9 chips x 3 adapters x
+# 4 tasks x 10 items.
 QUICK = replace(DEMO, steps=20, train_n=60, test_n=10, seeds=2, redraw_every=5)
 
 
@@ -128,8 +130,8 @@ def _train_settings(settings: DemoSettings, method: str, progress: bool) -> Trai
 # Seconds per unit measured on the 2-core CPU this project is built on (SmolLM2-135M, fp32):
 # a training step at batch 8 x <=128 tokens, and one test item scored by log-likelihood
 # (about 3.5 options of about 60 tokens each).
-SECONDS_PER_STEP = 2.2
-SECONDS_PER_ITEM = 0.085
+SECONDS_PER_STEP = 2.0
+SECONDS_PER_ITEM = 0.07
 
 
 def estimate_minutes(settings: DemoSettings, n_tasks: int) -> float:
