@@ -152,3 +152,14 @@ def test_study_end_to_end_on_tiny(tmp_path, capsys):
     assert main(["study", "--study", str(path), "--out", str(out)]) == 0  # starts that run over
     assert (stopped / "adapter_model.safetensors").is_file()
 
+
+
+@pytest.mark.parametrize("name", ["reduced", "longer", "layers", "full"])
+def test_bundled_studies_load_and_every_arm_is_a_valid_recipe(name):
+    from halora.commands.study import STUDIES
+    from halora.study import _train_settings
+
+    study = load_study(STUDIES / f"{name}.toml")
+    assert study.model == "smollm2-135m" and study.train_seeds >= 1
+    for arm in study.arms:  # TrainSettings checks every value: a typo in a preset fails here
+        assert _train_settings(study, arm, seed=0).method == arm.method
