@@ -1,6 +1,7 @@
 """The eval and demo commands end to end on the tiny model (the others have their own files)."""
 
 import json
+import shutil
 
 from halora.cli import main
 
@@ -44,6 +45,12 @@ def test_demo_pipeline_on_tiny(tmp_path, capsys):
         assert (out / name).is_file()
     assert main(argv) == 0  # an existing demo folder resumes: nothing is trained again
     assert "already trained" in capsys.readouterr().out
+    stopped = out / "adapters" / "halora"  # killed before its first checkpoint
+    shutil.rmtree(stopped)
+    stopped.mkdir()
+    (stopped / "train_log.jsonl").write_text('{"step": 1}\n')
+    assert main(argv) == 0  # starts that training over instead of refusing the folder
+    assert (stopped / "adapter_model.safetensors").is_file()
     other = tmp_path / "with-curriculum"
     argv = [*argv[:-3], "--out", str(other), "--methods", "lora", "--with-curriculum", "--no-progress"]
     assert main(argv) == 0

@@ -27,7 +27,7 @@ from halora.models import SMOLLM2, load_model, model_label
 from halora.report import plot_sweep, recovery_ratio, summary_rows, write_results
 from halora.sweep import SweepPlan, conditions_from, run_sweep
 from halora.tasks import load_tasks
-from halora.train import TrainSettings, train
+from halora.train import TrainSettings, resume_or_clear, train
 
 
 @dataclass(frozen=True)
@@ -89,11 +89,11 @@ def run_demo(settings: DemoSettings, out: str | Path, progress: bool = True,
             log(f"[{method}] already trained in {folder}: reused")
         else:
             log(f"[{method}] training")
+            resume = resume_or_clear(folder)
             model, tokenizer = load_model(settings.model)
             train(model, tokenizer, train_examples, folder, _train_settings(settings, method, progress),
                   LoraSettings(rank=settings.rank, alpha=2.0 * settings.rank),
-                  model_name=model_label(settings.model),
-                  resume=folder.exists() and any(folder.glob("checkpoint-*")))
+                  model_name=model_label(settings.model), resume=resume)
         adapters.append((method, str(folder)))
     model, tokenizer = load_model(settings.model)
     model = load_adapters(model, adapters)

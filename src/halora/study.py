@@ -17,7 +17,6 @@ from __future__ import annotations
 import itertools
 import json
 import re
-import shutil
 import statistics
 import sys
 from collections import defaultdict
@@ -32,7 +31,7 @@ from halora.lora import LoraSettings, load_adapters
 from halora.models import load_model, model_label
 from halora.sweep import SweepPlan, conditions_from, run_sweep
 from halora.tasks import load_tasks
-from halora.train import TrainSettings, train
+from halora.train import TrainSettings, resume_or_clear, train
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -193,9 +192,7 @@ def _trained(study: StudySettings, arm: Arm, seed: int, examples, out: Path, log
     folder = out / "adapters" / arm.name / f"seed{seed}"
     if (folder / "adapter_model.safetensors").is_file():
         return str(folder)
-    resume = folder.is_dir() and any(folder.glob("checkpoint-*"))
-    if folder.is_dir() and not resume:
-        shutil.rmtree(folder)  # stopped before its first checkpoint: this folder is ours, start over
+    resume = resume_or_clear(folder)
     log(f"  training {arm.name} (seed {seed})")
     model, tokenizer = load_model(study.model)
     rank = arm.rank or study.rank
@@ -306,17 +303,21 @@ def build_report(study: StudySettings, chosen: dict[str, str], selection: list[d
                             key=lambda c: (c[0] != "clean", c[0], c[2] if c[2] is not None else 9))
         for method, arm in chosen.items():
             for noise, spec, sigma in conditions:
-                cells = [r for r in records if r["method"].rsplit("@", 1)[0] == arm and r["spec"] == spec]
+                cells = _cells(records, arm, spec)
                 mean, low, high = bootstrap_mean_ci(cells, study.bootstrap)
-                baseline = [r for r in records if r["method"].rsplit("@", 1)[0] == chosen[study.baseline]
-                            and r["spec"] == spec]
-                delta, delta_low, delta_high = bootstrap_delta_ci(cells, baseline, study.bootstrap)
+                delta, delta_low, delta_high = bootstrap_delta_ci(
+                    cells, _cells(records, chosen[study.baseline], spec), study.bootstrap)
                 rows.append({"method": method, "arm": arm, "noise": noise, "spec": spec, "sigma": sigma,
                              "accuracy": mean, "ci95": [low, high],
                              "delta_vs_baseline": delta, "delta_ci95": [delta_low, delta_high],
                              "chip_std": _chip_std(cells), "cells": len(cells)})
         report["final"][scorer] = {"rows": rows, "recovery": _recoveries(rows, study.baseline)}
     return report
+
+
+def _cells(records: list[dict], arm: str, spec: str) -> list[dict]:
+    """One arm's cells (every training seed "arm@seed") on one chip condition."""
+    return [r for r in records if r["method"].rsplit("@", 1)[0] == arm and r["spec"] == spec]
 
 
 def _chip_std(cells: list[dict]) -> float:

@@ -30,10 +30,10 @@ import hashlib
 import json
 import math
 import platform
+import shutil
 import sys
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Literal
 
 import torch
 from torch.utils.data import Dataset
@@ -55,7 +55,6 @@ from halora.errors import UsageError
 from halora.lora import LoraSettings, attach_lora, halora_regularizer, lora_factors
 from halora.noise import Chain, NoiseModel, parse_noise_spec
 
-Method = Literal["lora", "noisy", "reg", "halora"]
 METHODS: tuple[str, ...] = ("lora", "noisy", "reg", "halora", "curriculum")
 SIDECAR = "halora.json"
 LOG_FILE = "train_log.jsonl"
@@ -343,6 +342,18 @@ def train(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, examples, 
     return TrainResult(out, trainer.state.global_step,
                        log[-1]["loss"] if log else math.nan, log,
                        injection.draws if injection else [])
+
+
+def resume_or_clear(folder: Path) -> bool:
+    """For a run folder halora itself owns (the demo's, a study's): True when it holds a
+    checkpoint to resume. A run stopped before its first checkpoint leaves a folder with
+    nothing worth keeping that would block a fresh start: it is removed."""
+    if not folder.is_dir():
+        return False
+    if get_last_checkpoint(str(folder)) is not None:
+        return True
+    shutil.rmtree(folder)
+    return False
 
 
 def _check_out_dir(out: Path, resume: bool) -> None:
