@@ -30,10 +30,13 @@ def log(message: str) -> None:
 
 def add_threads_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--threads", type=int, default=1,
+        "--threads",
+        type=int,
+        default=1,
         help="torch intra-op threads (default 1; 0 = torch's default). On a shared 2-core "
-             "machine torch's OpenMP threads oversubscribe the cores and a step that takes "
-             "3 s single-threaded can take 20-100 s, so one thread gives steadier numbers")
+        "machine torch's OpenMP threads oversubscribe the cores and a step that takes "
+        "3 s single-threaded can take 20-100 s, so one thread gives steadier numbers",
+    )
 
 
 def set_threads(threads: int) -> None:
@@ -54,8 +57,9 @@ def environment() -> dict[str, Any]:
     cpu = platform.processor()
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            cpu = next((line.split(":", 1)[1].strip() for line in handle
-                        if line.startswith("model name")), cpu)
+            cpu = next(
+                (line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), cpu
+            )
     except OSError:
         pass
     return {

@@ -51,8 +51,9 @@ def model_with_adapter():
 
 def score_suite(model, tokenizer, tasks, examples, settings) -> tuple[int, float]:
     started = time.perf_counter()
-    tokens = sum(evaluate_task(model, tokenizer, task, settings, examples[task.name]).tokens
-                 for task in tasks)
+    tokens = sum(
+        evaluate_task(model, tokenizer, task, settings, examples[task.name]).tokens for task in tasks
+    )
     return tokens, time.perf_counter() - started
 
 
@@ -71,12 +72,18 @@ def child(programmed: bool, n: int) -> None:
 def peak_memory(n: int, threads: int) -> dict:
     peaks = {}
     for label, flag in (("clean", "--clean"), ("programmed", "--programmed")):
-        output = subprocess.run([sys.executable, __file__, "--child", flag, "--n", str(n),
-                                 "--threads", str(threads)],
-                                check=True, capture_output=True, text=True).stdout
+        output = subprocess.run(
+            [sys.executable, __file__, "--child", flag, "--n", str(n), "--threads", str(threads)],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
         peaks[label] = json.loads(output.strip().splitlines()[-1])["maxrss_kib"] / 1024
-    return {"clean_mib": round(peaks["clean"], 1), "programmed_mib": round(peaks["programmed"], 1),
-            "ratio": round(peaks["programmed"] / peaks["clean"], 4)}
+    return {
+        "clean_mib": round(peaks["clean"], 1),
+        "programmed_mib": round(peaks["programmed"], 1),
+        "ratio": round(peaks["programmed"] / peaks["clean"], 4),
+    }
 
 
 def main() -> None:
@@ -113,19 +120,31 @@ def main() -> None:
     chip.restore()
     ratio = median(rates["programmed"]) / median(rates["clean"])
     memory = peak_memory(n, args.threads)
-    emit(NAME, {
-        "benchmark": NAME, "model": SMOLLM2, "noise": SPEC, "items_per_task": n,
-        "tasks": [t.name for t in tasks], "quick": args.quick,
-        "summary": {"clean_tok_s": round(median(rates["clean"]), 1),
-                    "programmed_tok_s": round(median(rates["programmed"]), 1),
-                    "throughput_ratio": round(ratio, 4), "throughput_target": 0.9,
-                    "clean_items_s": round(median(item_rates["clean"]), 2),
-                    "programmed_items_s": round(median(item_rates["programmed"]), 2),
-                    "peak_memory_ratio": memory["ratio"], "memory_target": 1.25,
-                    "meets_targets": ratio >= 0.9 and memory["ratio"] <= 1.25},
-        "rounds_tok_s": {label: rounded(values, 1) for label, values in rates.items()},
-        "peak_memory": memory, "environment": env,
-    })
+    emit(
+        NAME,
+        {
+            "benchmark": NAME,
+            "model": SMOLLM2,
+            "noise": SPEC,
+            "items_per_task": n,
+            "tasks": [t.name for t in tasks],
+            "quick": args.quick,
+            "summary": {
+                "clean_tok_s": round(median(rates["clean"]), 1),
+                "programmed_tok_s": round(median(rates["programmed"]), 1),
+                "throughput_ratio": round(ratio, 4),
+                "throughput_target": 0.9,
+                "clean_items_s": round(median(item_rates["clean"]), 2),
+                "programmed_items_s": round(median(item_rates["programmed"]), 2),
+                "peak_memory_ratio": memory["ratio"],
+                "memory_target": 1.25,
+                "meets_targets": ratio >= 0.9 and memory["ratio"] <= 1.25,
+            },
+            "rounds_tok_s": {label: rounded(values, 1) for label, values in rates.items()},
+            "peak_memory": memory,
+            "environment": env,
+        },
+    )
 
 
 if __name__ == "__main__":

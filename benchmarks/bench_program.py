@@ -39,17 +39,20 @@ NAME = "bench_program"
 SPECS = ("gaussian:sigma=0.02,scale=tile,tile=64", "saf:p0=0.01,p1=0.01", "wan2022:t=86400")
 TARGET_RATIO = 1.25
 TOKENS = 128
-TEXT = " ".join([
-    "Compute-in-memory chips store the frozen weights of a language model in resistive",
-    "memory cells and multiply inside the array, which saves the energy of moving weights.",
-    "The price is noise: every programmed cell lands near, not on, its target conductance,",
-    "stuck cells ignore the write entirely, and conductances drift over the following day.",
-    "Low-rank adapters live in exact SRAM beside the array and can learn to tolerate that",
-    "noise, provided training sees it. This paragraph is long enough to give the model",
-    "one hundred and twenty-eight tokens of ordinary English text to read in one forward",
-    "pass, so that the activations are of a realistic size next to the weights themselves,",
-    "and the measurement is the same for the clean and the programmed model every time.",
-] * 2)
+TEXT = " ".join(
+    [
+        "Compute-in-memory chips store the frozen weights of a language model in resistive",
+        "memory cells and multiply inside the array, which saves the energy of moving weights.",
+        "The price is noise: every programmed cell lands near, not on, its target conductance,",
+        "stuck cells ignore the write entirely, and conductances drift over the following day.",
+        "Low-rank adapters live in exact SRAM beside the array and can learn to tolerate that",
+        "noise, provided training sees it. This paragraph is long enough to give the model",
+        "one hundred and twenty-eight tokens of ordinary English text to read in one forward",
+        "pass, so that the activations are of a realistic size next to the weights themselves,",
+        "and the measurement is the same for the clean and the programmed model every time.",
+    ]
+    * 2
+)
 
 
 def _status_kib(key: str) -> int:
@@ -76,8 +79,10 @@ def child(mode: str, device: str) -> dict:
         with torch.no_grad():
             for parameter in model.parameters():
                 parameter.sum()
-        return {"rss_model_kib": _status_kib("VmRSS") - before,
-                "param_bytes": sum(p.numel() * p.element_size() for p in model.parameters())}
+        return {
+            "rss_model_kib": _status_kib("VmRSS") - before,
+            "param_bytes": sum(p.numel() * p.element_size() for p in model.parameters()),
+        }
     ids = tokenizer(TEXT, return_tensors="pt").input_ids[:, :TOKENS].to(device)
     chip = None if mode == "clean" else Chip(model, mode, seed=0)
     with torch.no_grad():
@@ -117,18 +122,24 @@ def measure_memory(specs: tuple[str, ...], repeats: int, device: str, threads: i
 
     result: dict = {"tokens": runs["clean"][0]["tokens"], "clean_peak_mib": round(peak("clean") / mib, 1)}
     if model is not None:
-        result |= {"model_rss_mib": round(model["rss_model_kib"] / mib, 1),
-                   "model_param_mib": round(model["param_bytes"] / 2**20, 1)}
+        result |= {
+            "model_rss_mib": round(model["rss_model_kib"] / mib, 1),
+            "model_param_mib": round(model["param_bytes"] / 2**20, 1),
+        }
     for spec in specs:
-        entry = {"peak_mib": round(peak(spec) / mib, 1),
-                 "ratio": round(peak(spec) / peak("clean"), 4),
-                 # the same ratio without the ~340 MiB that importing torch + transformers costs
-                 "ratio_above_imports": round(above_imports(spec) / above_imports("clean"), 4)}
+        entry = {
+            "peak_mib": round(peak(spec) / mib, 1),
+            "ratio": round(peak(spec) / peak("clean"), 4),
+            # the same ratio without the ~340 MiB that importing torch + transformers costs
+            "ratio_above_imports": round(above_imports(spec) / above_imports("clean"), 4),
+        }
         if device == "cuda":
             gpu_clean = median([r["cuda_peak_bytes"] for r in runs["clean"]])
             gpu_peak = median([r["cuda_peak_bytes"] for r in runs[spec]])
-            entry |= {"cuda_peak_mib": round(gpu_peak / 2**20, 1),
-                      "cuda_ratio": round(gpu_peak / gpu_clean, 4)}
+            entry |= {
+                "cuda_peak_mib": round(gpu_peak / 2**20, 1),
+                "cuda_ratio": round(gpu_peak / gpu_clean, 4),
+            }
         entry["meets_target"] = entry.get("cuda_ratio", entry["ratio"]) <= TARGET_RATIO
         result[spec] = entry
     if device == "cuda":
@@ -141,8 +152,10 @@ def measure_programming(specs: tuple[str, ...], seeds: int) -> dict:
     model, _ = load_model(SMOLLM2)
     layers = rram_layers(model)
     clean_hash = weights_hash(model)
-    times = {spec: {"program_s": [], "reprogram_s": [], "restore_s": [], "noise_apply_only_s": []}
-             for spec in specs}
+    times = {
+        spec: {"program_s": [], "reprogram_s": [], "restore_s": [], "noise_apply_only_s": []}
+        for spec in specs
+    }
     identical, programmed_differs, first_chip = True, True, None
     for seed in range(seeds):
         for spec in specs if seed % 2 == 0 else specs[::-1]:
@@ -168,11 +181,16 @@ def measure_programming(specs: tuple[str, ...], seeds: int) -> dict:
             times[spec]["noise_apply_only_s"].append(time.perf_counter() - clock)
     identical &= weights_hash(model) == clean_hash
     rram_weights = sum(layer.weight.numel() for layer in layers.values())
-    result: dict = {"rram_layers": len(layers), "rram_weights": rram_weights, "seeds": seeds,
-                    "restore_bit_identical": identical, "programmed_differs_from_clean": programmed_differs,
-                    # the loaded weights are mmapped copy-on-write: the first write to them in a
-                    # process also copies them into private memory (training's first programming)
-                    "first_chip_in_process": {"spec": first_chip[0], "program_s": round(first_chip[1], 4)}}
+    result: dict = {
+        "rram_layers": len(layers),
+        "rram_weights": rram_weights,
+        "seeds": seeds,
+        "restore_bit_identical": identical,
+        "programmed_differs_from_clean": programmed_differs,
+        # the loaded weights are mmapped copy-on-write: the first write to them in a
+        # process also copies them into private memory (training's first programming)
+        "first_chip_in_process": {"spec": first_chip[0], "program_s": round(first_chip[1], 4)},
+    }
     for spec, columns in times.items():
         entry = {key: round(median(values), 4) for key, values in columns.items()}
         entry["program_mweights_per_s"] = round(rram_weights / 1e6 / entry["program_s"], 1)
@@ -212,8 +230,19 @@ def main(argv: list[str] | None = None) -> int:
     }
     if "cuda" in memory:
         summary["cuda_peak_memory_ratio"] = memory["cuda"][gaussian]["cuda_ratio"]
-    emit(NAME, {"benchmark": NAME, "model": SMOLLM2, "quick": args.quick, "target_ratio": TARGET_RATIO,
-                "summary": summary, "timing": timing, "memory": memory, "environment": env})
+    emit(
+        NAME,
+        {
+            "benchmark": NAME,
+            "model": SMOLLM2,
+            "quick": args.quick,
+            "target_ratio": TARGET_RATIO,
+            "summary": summary,
+            "timing": timing,
+            "memory": memory,
+            "environment": env,
+        },
+    )
     return 0
 
 

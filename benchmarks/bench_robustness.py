@@ -29,16 +29,23 @@ def robustness(records: list[dict], robust: str = "halora", baseline: str = "lor
     conditions = [r["condition"] for r in rows if r["method"] == baseline and r["condition"] != "clean"]
     table = {}
     for condition in conditions:
-        per_method = {r["method"]: {"mean": round(r["tasks"]["average"]["mean"], 2),
-                                    "seed_std": round(r["tasks"]["average"]["std"], 2),
-                                    "seeds": r["seeds"]}
-                      for r in rows if r["condition"] == condition}
-        ratios = {method: recovery_ratio(rows, condition, method, baseline)
-                  for method in per_method if method != baseline}
+        per_method = {
+            r["method"]: {
+                "mean": round(r["tasks"]["average"]["mean"], 2),
+                "seed_std": round(r["tasks"]["average"]["std"], 2),
+                "seeds": r["seeds"],
+            }
+            for r in rows
+            if r["condition"] == condition
+        }
+        ratios = {
+            method: recovery_ratio(rows, condition, method, baseline)
+            for method in per_method
+            if method != baseline
+        }
         rounded = {m: None if v is None else round(v, 3) for m, v in ratios.items()}
         table[condition] = {"methods": per_method, "recovery_ratio": rounded}
-    clean = {r["method"]: round(r["tasks"]["average"]["mean"], 2)
-             for r in rows if r["condition"] == "clean"}
+    clean = {r["method"]: round(r["tasks"]["average"]["mean"], 2) for r in rows if r["condition"] == "clean"}
     return {"clean": clean, "conditions": table}
 
 
@@ -52,11 +59,22 @@ def main() -> None:
     else:
         folder = Path(tempfile.mkdtemp(prefix="halora-bench-robustness-"))
         log(f"running halora demo --quick into {folder}")
-        subprocess.run([sys.executable, "-m", "halora.cli", "demo", "--quick", "--no-progress",
-                        "--out", str(folder)], check=True, stdout=sys.stderr)
+        subprocess.run(
+            [sys.executable, "-m", "halora.cli", "demo", "--quick", "--no-progress", "--out", str(folder)],
+            check=True,
+            stdout=sys.stderr,
+        )
     results = json.loads((folder / "results.json").read_text(encoding="utf-8"))
-    emit(NAME, {"benchmark": NAME, "source": str(folder), "settings": results["meta"].get("demo"),
-                **robustness(results["runs"]), "environment": env})
+    emit(
+        NAME,
+        {
+            "benchmark": NAME,
+            "source": str(folder),
+            "settings": results["meta"].get("demo"),
+            **robustness(results["runs"]),
+            "environment": env,
+        },
+    )
 
 
 if __name__ == "__main__":

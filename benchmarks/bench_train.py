@@ -77,8 +77,10 @@ class Clock(TrainerCallback):
 
 
 def spans(starts: list[tuple[float, float]], ends: list[tuple[float, float]]) -> dict[str, list[float]]:
-    return {clock: [end[i] - start[i] for start, end in zip(starts, ends, strict=True)]
-            for i, clock in enumerate(CLOCKS)}
+    return {
+        clock: [end[i] - start[i] for start, end in zip(starts, ends, strict=True)]
+        for i, clock in enumerate(CLOCKS)
+    }
 
 
 @contextmanager
@@ -108,8 +110,11 @@ def training_examples(per_task: int) -> tuple[list[Example], str]:
         return examples, f"load_tasks('default'), {per_task} train items per task"
     except Exception as err:  # noqa: BLE001 (tasks are optional for a timing benchmark)
         log(f"load_tasks('default') failed ({err}); using a fixed arithmetic list")
-        examples = [Example(task="add", prompt=f"Question: what is {a} + {b}?\nAnswer:", answer=f" {a + b}")
-                    for a in range(12, 20) for b in range(31, 39)]
+        examples = [
+            Example(task="add", prompt=f"Question: what is {a} + {b}?\nAnswer:", answer=f" {a + b}")
+            for a in range(12, 20)
+            for b in range(31, 39)
+        ]
         return examples, "fixed arithmetic list"
 
 
@@ -128,20 +133,27 @@ def time_regularizer(model: torch.nn.Module, repeats: int, reduction: str) -> di
     return {clock: median(values) for clock, values in spans(starts, ends).items()}
 
 
-def one_run(method: str, settings: TrainSettings, examples: list[Example], warmup: int,
-            reg_repeats: int) -> dict:
+def one_run(
+    method: str, settings: TrainSettings, examples: list[Example], warmup: int, reg_repeats: int
+) -> dict:
     model, tokenizer = load_model(SMOLLM2)  # train() wraps the model it is given: a fresh one each run
-    with (tempfile.TemporaryDirectory() as tmp, clocked_trainer() as (first, last),
-          redirect_stdout(sys.stderr)):  # the Trainer prints its logs: keep stdout for the JSON
-        result = train(model, tokenizer, examples, Path(tmp) / method, settings, LoraSettings(),
-                       model_name=SMOLLM2)
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        clocked_trainer() as (first, last),
+        redirect_stdout(sys.stderr),
+    ):  # the Trainer prints its logs: keep stdout for the JSON
+        result = train(
+            model, tokenizer, examples, Path(tmp) / method, settings, LoraSettings(), model_name=SMOLLM2
+        )
     steps = spans(last.events["step_begin"], last.events["step_end"])
     callbacks = spans(first.events["step_begin"], last.events["step_begin"])
     program = spans(first.events["train_begin"], last.events["train_begin"])
     redraw_steps = [step for step, _ in result.draws if step > 0]
     reg = time_regularizer(model, reg_repeats, settings.reduction) if settings.regularizes else {}
-    run: dict = {"final_loss": round(result.final_loss, 4),
-                 "period_s": [b[0] - a[0] for a, b in pairwise(first.events["step_begin"][warmup:])]}
+    run: dict = {
+        "final_loss": round(result.final_loss, 4),
+        "period_s": [b[0] - a[0] for a, b in pairwise(first.events["step_begin"][warmup:])],
+    }
     for clock in CLOCKS:
         suffix = SUFFIX[clock]
         run[f"step{suffix}"] = steps[clock][warmup:]
@@ -169,8 +181,13 @@ def summarise(runs: list[dict]) -> dict:
 def paired_ratio(runs: dict[str, list[dict]], a: str, b: str, key: str = "step_s") -> float:
     """Median over (repeat, step) of a's step over b's same step: the same batch, so the same
     shapes, which takes the batch-to-batch spread out of the ratio."""
-    return median([x / y for run_a, run_b in zip(runs[a], runs[b], strict=True)
-                   for x, y in zip(run_a[key], run_b[key], strict=True)])
+    return median(
+        [
+            x / y
+            for run_a, run_b in zip(runs[a], runs[b], strict=True)
+            for x, y in zip(run_a[key], run_b[key], strict=True)
+        ]
+    )
 
 
 def compare(runs: dict[str, list[dict]], methods: dict[str, dict], clock: str) -> dict:
@@ -180,12 +197,17 @@ def compare(runs: dict[str, list[dict]], methods: dict[str, dict], clock: str) -
     ratio = paired_ratio(runs, "halora", "lora", key)
     base, step = methods["lora"][key], methods["halora"][key]
     draw, reg = methods["halora"][f"draw{suffix}"], methods["halora"][f"reg{suffix}"]
-    return {"lora_step_s": base, "halora_step_s": step, "draw_s": draw, "reg_s": reg,
-            "ratio_step_only": round(ratio, 4),
-            "ratio_k400": round(ratio + draw / PAPER_K / base, 4),
-            "ratio_k20": round(ratio + draw / SHORT_K / base, 4),
-            "ratio_of_median_steps": round(step / base, 4),
-            "reg_share_of_halora_step": round(reg / step, 5)}
+    return {
+        "lora_step_s": base,
+        "halora_step_s": step,
+        "draw_s": draw,
+        "reg_s": reg,
+        "ratio_step_only": round(ratio, 4),
+        "ratio_k400": round(ratio + draw / PAPER_K / base, 4),
+        "ratio_k20": round(ratio + draw / SHORT_K / base, 4),
+        "ratio_of_median_steps": round(step / base, 4),
+        "reg_share_of_halora_step": round(reg / step, 5),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -195,8 +217,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, help="optimizer steps per run (default 9, quick 8)")
     parser.add_argument("--repeats", type=int, help="runs per method, interleaved (default 3, quick 2)")
     parser.add_argument("--warmup", type=int, default=2, help="first steps of a run left out (default 2)")
-    parser.add_argument("--redraw-every", type=int, default=5,
-                        help="K used in the runs, small so that re-draws happen and are timed (default 5)")
+    parser.add_argument(
+        "--redraw-every",
+        type=int,
+        default=5,
+        help="K used in the runs, small so that re-draws happen and are timed (default 5)",
+    )
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--per-task", type=int, default=16, help="training items per default task")
@@ -216,9 +242,16 @@ def main(argv: list[str] | None = None) -> int:
     for repeat in range(repeats):
         for method in methods if repeat % 2 == 0 else methods[::-1]:
             log(f"repeat {repeat + 1}/{repeats}: {method}, {steps} steps")
-            settings = TrainSettings(method=method, steps=steps, batch_size=args.batch_size,
-                                     max_length=args.max_length, redraw_every=args.redraw_every,
-                                     logging_steps=5, save_steps=steps + 1, progress=False)
+            settings = TrainSettings(
+                method=method,
+                steps=steps,
+                batch_size=args.batch_size,
+                max_length=args.max_length,
+                redraw_every=args.redraw_every,
+                logging_steps=5,
+                save_steps=steps + 1,
+                progress=False,
+            )
             runs[method].append(one_run(method, settings, examples, args.warmup, args.reg_repeats))
             wall, cpu = median(runs[method][-1]["step_s"]), median(runs[method][-1]["step_cpu_s"])
             log(f"  median step {wall:.3f} s wall, {cpu:.3f} s CPU")
@@ -227,17 +260,20 @@ def main(argv: list[str] | None = None) -> int:
         for method in per_method:
             per_method[method]["step_ratio_vs_lora"] = round(paired_ratio(runs, method, "lora"), 4)
             per_method[method]["step_ratio_vs_lora_cpu"] = round(
-                paired_ratio(runs, method, "lora", "step_cpu_s"), 4)
+                paired_ratio(runs, method, "lora", "step_cpu_s"), 4
+            )
     defaults = TrainSettings()
     summary: dict = {}
     if {"lora", "halora"} <= set(methods):
         wall, cpu = compare(runs, per_method, "wall"), compare(runs, per_method, "cpu")
         summary = {
-            "ratio_k400": wall["ratio_k400"], "ratio_k400_cpu": cpu["ratio_k400"],
+            "ratio_k400": wall["ratio_k400"],
+            "ratio_k400_cpu": cpu["ratio_k400"],
             "reg_share_of_halora_step": wall["reg_share_of_halora_step"],
             "meets_target": wall["ratio_k400"] <= TARGET_RATIO,
             "meets_target_cpu": cpu["ratio_k400"] <= TARGET_RATIO,
-            "wall": wall, "cpu": cpu,
+            "wall": wall,
+            "cpu": cpu,
             "first_program_s": per_method["halora"]["first_program_s"],
         }
         w, c = wall, cpu
@@ -246,17 +282,35 @@ def main(argv: list[str] | None = None) -> int:
             f"with the noise re-drawn every {PAPER_K} steps ({w['ratio_k20']:.3f} / {c['ratio_k20']:.3f} "
             f"every {SHORT_K}; {w['ratio_step_only']:.3f} / {c['ratio_step_only']:.3f} without re-draws); "
             f"the reg term is {100 * w['reg_share_of_halora_step']:.2f} % of a halora step "
-            f"({1e3 * w['reg_s']:.1f} ms of {w['halora_step_s']:.2f} s); a re-draw takes {w['draw_s']:.2f} s")
+            f"({1e3 * w['reg_s']:.1f} ms of {w['halora_step_s']:.2f} s); a re-draw takes {w['draw_s']:.2f} s"
+        )
         log(summary["note"])
-    emit(NAME, {
-        "benchmark": NAME, "model": SMOLLM2, "quick": args.quick, "target_ratio": TARGET_RATIO,
-        "summary": summary, "methods": per_method,
-        "settings": {"methods": list(methods), "steps": steps, "warmup_steps_dropped": args.warmup,
-                     "repeats": repeats, "batch_size": args.batch_size, "max_length": args.max_length,
-                     "redraw_every_in_run": args.redraw_every, "data": data, "examples": len(examples),
-                     "lora": asdict(LoraSettings()), "noise": defaults.noise, "mu": defaults.mu},
-        "environment": env,
-    })
+    emit(
+        NAME,
+        {
+            "benchmark": NAME,
+            "model": SMOLLM2,
+            "quick": args.quick,
+            "target_ratio": TARGET_RATIO,
+            "summary": summary,
+            "methods": per_method,
+            "settings": {
+                "methods": list(methods),
+                "steps": steps,
+                "warmup_steps_dropped": args.warmup,
+                "repeats": repeats,
+                "batch_size": args.batch_size,
+                "max_length": args.max_length,
+                "redraw_every_in_run": args.redraw_every,
+                "data": data,
+                "examples": len(examples),
+                "lora": asdict(LoraSettings()),
+                "noise": defaults.noise,
+                "mu": defaults.mu,
+            },
+            "environment": env,
+        },
+    )
     return 0
 
 

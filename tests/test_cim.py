@@ -15,8 +15,7 @@ def snapshot(model):
 
 
 def changed(model, before):
-    return {name for name, tensor in model.state_dict().items()
-            if not torch.equal(tensor, before[name])}
+    return {name for name, tensor in model.state_dict().items() if not torch.equal(tensor, before[name])}
 
 
 def test_rram_layers_are_the_block_projections(tiny):
@@ -34,7 +33,8 @@ def test_placement_counts_every_parameter_once(tiny):
     report = placement_report(model)
     c = model.config
     attention = c.hidden_size * c.hidden_size * 2 + 2 * c.hidden_size * (
-        c.num_key_value_heads * c.hidden_size // c.num_attention_heads)
+        c.num_key_value_heads * c.hidden_size // c.num_attention_heads
+    )
     mlp = 3 * c.hidden_size * c.intermediate_size
     assert report.params["rram"] == c.num_hidden_layers * (attention + mlp)
     lora = sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
@@ -147,8 +147,7 @@ def test_gpt2_conv1d_layers_are_placed_with_all_linear():
     layers = rram_layers(model, Placement(rram_targets=(ALL_LINEAR,)))
     assert len(layers) == 2 * 4  # c_attn, c_proj (attention), c_fc, c_proj (mlp)
     before = snapshot(model)
-    with program_chip(model, "gaussian:sigma=0.05", seed=0,
-                      placement=Placement(rram_targets=(ALL_LINEAR,))):
+    with program_chip(model, "gaussian:sigma=0.05", seed=0, placement=Placement(rram_targets=(ALL_LINEAR,))):
         assert len(changed(model, before)) == 8
     assert changed(model, before) == set()
 

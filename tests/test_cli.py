@@ -16,7 +16,7 @@ def test_shipped_configs_use_real_flags(config):
         assert args.sigmas == (0.005, 0.01, 0.02) and args.seeds == 5
         assert args.extra_noise == ["saf:p0=0.01,p1=0.01"]
     else:
-        assert args.method == "halora" and f'mu = {args.mu}' in text
+        assert args.method == "halora" and f"mu = {args.mu}" in text
 
 
 def test_config_errors(tmp_path, capsys):

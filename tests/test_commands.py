@@ -7,8 +7,11 @@ from halora.cli import main
 
 
 def mc_tasks(tmp_path) -> str:
-    records = [{"prompt": f"{a} and {b} make", "options": [" even", " odd"], "gold": (a + b) % 2}
-               for a in range(10) for b in range(10)]
+    records = [
+        {"prompt": f"{a} and {b} make", "options": [" even", " odd"], "gold": (a + b) % 2}
+        for a in range(10)
+        for b in range(10)
+    ]
     path = tmp_path / "parity.json"
     path.write_text(json.dumps(records))
     return f"json:{path}"
@@ -16,8 +19,25 @@ def mc_tasks(tmp_path) -> str:
 
 def test_eval_json_on_a_programmed_chip(tmp_path, capsys):
     tasks = mc_tasks(tmp_path)
-    assert main(["eval", "--model", "tiny", "--tasks", tasks, "--noise", "gaussian:sigma=0.05",
-                 "--seed", "3", "--n", "8", "--json"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--model",
+                "tiny",
+                "--tasks",
+                tasks,
+                "--noise",
+                "gaussian:sigma=0.05",
+                "--seed",
+                "3",
+                "--n",
+                "8",
+                "--json",
+            ]
+        )
+        == 0
+    )
     result = json.loads(capsys.readouterr().out)
     assert result["noise"] == "gaussian:sigma=0.05,scale=tile,tile=64" and result["seed"] == 3
     assert result["tasks"][0]["n"] == 8 and 0.0 <= result["average"] <= 1.0
@@ -31,9 +51,26 @@ def test_eval_bad_noise_is_one_line(tmp_path, capsys):
 
 def test_demo_pipeline_on_tiny(tmp_path, capsys):
     out = tmp_path / "demo"
-    argv = ["demo", "--model", "tiny", "--tasks", mc_tasks(tmp_path), "--steps", "2",
-            "--train-n", "8", "--test-n", "4", "--seeds", "1", "--sigmas", "0.02",
-            "--out", str(out), "--no-progress"]
+    argv = [
+        "demo",
+        "--model",
+        "tiny",
+        "--tasks",
+        mc_tasks(tmp_path),
+        "--steps",
+        "2",
+        "--train-n",
+        "8",
+        "--test-n",
+        "4",
+        "--seeds",
+        "1",
+        "--sigmas",
+        "0.02",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "| lora | sigma=0.02 | 1 |" in printed and "A100" in printed

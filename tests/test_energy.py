@@ -19,10 +19,8 @@ from halora.energy import (
 
 # HaLoRA (arXiv 2502.19747), Table 6 / Fig. 7: 512 tokens, LoRA r=4 on the paper's targets.
 PAPER = {
-    "llama-3.2-1b": {"hybrid_mj": 18.1, "gpu_mj": 550.5, "lora_share": 0.0054,
-                     "rram_share": 0.7283},
-    "llama-3.2-3b": {"hybrid_mj": 51.3, "gpu_mj": 1666.8, "lora_share": 0.0042,
-                     "rram_share": 0.7866},
+    "llama-3.2-1b": {"hybrid_mj": 18.1, "gpu_mj": 550.5, "lora_share": 0.0054, "rram_share": 0.7283},
+    "llama-3.2-3b": {"hybrid_mj": 51.3, "gpu_mj": 1666.8, "lora_share": 0.0042, "rram_share": 0.7866},
 }
 TOLERANCE = 0.10  # the issue's bar: every figure within 10 %
 
@@ -32,8 +30,13 @@ def energy_json(capsys, *flags: str) -> dict:
     return json.loads(capsys.readouterr().out)
 
 
-def report(model: str = "llama-3.2-1b", tokens: int = 512, preset: str = "paper",
-           overrides: dict | None = None, **kwargs):
+def report(
+    model: str = "llama-3.2-1b",
+    tokens: int = 512,
+    preset: str = "paper",
+    overrides: dict | None = None,
+    **kwargs,
+):
     return estimate(load_arch(model), load_preset(preset, overrides), tokens, **kwargs)
 
 
@@ -71,8 +74,7 @@ def test_bundled_configs_give_the_official_parameter_counts():
     assert load_arch("llama-3.2-1b").params == 1_235_814_400
     assert load_arch("llama-3.2-3b").params == 3_212_749_824
     assert load_arch("smollm2-135m").params == 134_515_008
-    assert set(bundled_models()) >= {"llama-3.2-1b", "llama-3.2-3b", "qwen2.5-0.5b",
-                                     "smollm2-135m"}
+    assert set(bundled_models()) >= {"llama-3.2-1b", "llama-3.2-3b", "qwen2.5-0.5b", "smollm2-135m"}
 
 
 def test_paper_lora_is_1_9m_parameters_on_llama_1b():
@@ -82,8 +84,19 @@ def test_paper_lora_is_1_9m_parameters_on_llama_1b():
 
 def test_json_has_the_documented_keys_and_a_consistent_breakdown(capsys):
     result = energy_json(capsys, "--model", "qwen2.5-0.5b", "--tokens", "64")
-    for key in ("hybrid_mj", "gpu_mj", "ratio", "rram_only_mj", "sram_only_mj", "breakdown",
-                "lora_share", "area_mm2", "by_layer_type", "gpus_mj", "per_token_uj"):
+    for key in (
+        "hybrid_mj",
+        "gpu_mj",
+        "ratio",
+        "rram_only_mj",
+        "sram_only_mj",
+        "breakdown",
+        "lora_share",
+        "area_mm2",
+        "by_layer_type",
+        "gpus_mj",
+        "per_token_uj",
+    ):
         assert key in result
     assert set(result["area_mm2"]) == {"hybrid", "rram_only", "sram_only"}
     assert set(result["gpus_mj"]) == {"a100", "h100"}
@@ -103,8 +116,9 @@ def test_table_is_the_default_output(capsys):
 
 def _weight_energy(result) -> float:
     """Energy spent on the weights: RRAM tiles and LoRA branches."""
-    return sum(mj for part, mj in result.breakdown().items()
-               if part.startswith("rram_") or part == "sram_lora")
+    return sum(
+        mj for part, mj in result.breakdown().items() if part.startswith("rram_") or part == "sram_lora"
+    )
 
 
 @pytest.mark.parametrize("preset", ["paper", "exact"])
@@ -127,8 +141,7 @@ def test_more_adc_bits_cost_more_adc_energy_as_the_preset_says():
     """The preset's ADC: Walden scaling, energy = FoM × 2^bits."""
     hardware = load_preset("paper")
     fom_pj = hardware.rram.adc_fom_fj_per_step / 1000
-    adc = {bits: report(overrides={"rram.adc_bits": bits}).breakdown()["rram_adc"]
-           for bits in (6, 8, 10)}
+    adc = {bits: report(overrides={"rram.adc_bits": bits}).breakdown()["rram_adc"] for bits in (6, 8, 10)}
     assert adc[10] == pytest.approx(4 * adc[8]) and adc[8] == pytest.approx(4 * adc[6])
     assert hardware.rram.adc_pj == pytest.approx(fom_pj * 2**8)
     totals = [report(overrides={"rram.adc_bits": bits}).hybrid_mj for bits in (6, 8, 10)]
@@ -157,8 +170,7 @@ def test_exact_layout_counts_the_real_architecture():
 
 def test_rram_only_saves_the_lora_branch_and_sram_only_costs_more():
     result = report()
-    assert result.design_mj["rram_only"] == pytest.approx(
-        result.hybrid_mj - result.breakdown()["sram_lora"])
+    assert result.design_mj["rram_only"] == pytest.approx(result.hybrid_mj - result.breakdown()["sram_lora"])
     assert result.design_mj["sram_only"] > result.hybrid_mj
 
 
@@ -182,7 +194,8 @@ def test_preset_file_and_set_flags_override_figures(capsys, tmp_path):
     baseline = energy_json(capsys, "--tokens", "32")
     assert from_file["breakdown"] == from_flag["breakdown"]
     assert from_flag["breakdown"]["rram_adc"] == pytest.approx(
-        4 * baseline["breakdown"]["rram_adc"], rel=1e-4)
+        4 * baseline["breakdown"]["rram_adc"], rel=1e-4
+    )
     exact = energy_json(capsys, "--tokens", "32", "--set", "workload.layout=exact")
     assert exact["layout"] == "exact"
 
@@ -197,8 +210,13 @@ def test_full_preset_file_may_extend_a_bundled_one(capsys, tmp_path):
 
 
 def test_model_from_a_config_path_or_folder(capsys, tmp_path):
-    config = {"hidden_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4,
-              "intermediate_size": 512, "vocab_size": 1000}
+    config = {
+        "hidden_size": 256,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "intermediate_size": 512,
+        "vocab_size": 1000,
+    }
     folder = tmp_path / "tiny-model"
     folder.mkdir()
     (folder / "config.json").write_text(json.dumps(config))
@@ -211,26 +229,29 @@ def test_model_from_a_config_path_or_folder(capsys, tmp_path):
 # ------------------------------------------------------------------------ bad input
 
 
-@pytest.mark.parametrize("flags, words", [
-    (["--model", "llama-9b"], "unknown model"),
-    (["--preset", "nonesuch"], "unknown preset"),
-    (["--tokens", "0"], "--tokens"),
-    (["--tokens", "many"], "--tokens"),
-    (["--rank", "-1"], "--rank"),
-    (["--set", "rram.adc_bit=10"], "did you mean rram.adc_bits"),
-    (["--set", "rram.adc_bits=ten"], "must be an integer"),
-    (["--set", "rram.adc_bits"], "KEY=VALUE"),
-    (["--set", "rram.adc_bits=0"], "rram.adc_bits = 0 is out of range"),
-    (["--set", "workload.causal_attention=1"], "must be true or false"),
-    (["--set", "workload.layout=fancy"], "workload.layout"),
-    (["--set", "gpu.reference=tpu"], "gpu.reference"),
-    (["--targets", "gate_proj"], "unknown LoRA target"),
-    (["--targets", ","], "no LoRA targets"),
-    (["--phase", "train"], "phase"),
-    (["--prompt", "10"], "--phase decode"),
-    (["--preset-file", "missing.toml"], "does not exist"),
-    (["--plot", "chart.xyz"], "cannot write a plot"),
-])
+@pytest.mark.parametrize(
+    "flags, words",
+    [
+        (["--model", "llama-9b"], "unknown model"),
+        (["--preset", "nonesuch"], "unknown preset"),
+        (["--tokens", "0"], "--tokens"),
+        (["--tokens", "many"], "--tokens"),
+        (["--rank", "-1"], "--rank"),
+        (["--set", "rram.adc_bit=10"], "did you mean rram.adc_bits"),
+        (["--set", "rram.adc_bits=ten"], "must be an integer"),
+        (["--set", "rram.adc_bits"], "KEY=VALUE"),
+        (["--set", "rram.adc_bits=0"], "rram.adc_bits = 0 is out of range"),
+        (["--set", "workload.causal_attention=1"], "must be true or false"),
+        (["--set", "workload.layout=fancy"], "workload.layout"),
+        (["--set", "gpu.reference=tpu"], "gpu.reference"),
+        (["--targets", "gate_proj"], "unknown LoRA target"),
+        (["--targets", ","], "no LoRA targets"),
+        (["--phase", "train"], "phase"),
+        (["--prompt", "10"], "--phase decode"),
+        (["--preset-file", "missing.toml"], "does not exist"),
+        (["--plot", "chart.xyz"], "cannot write a plot"),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_status_2(capsys, tmp_path, flags, words):
     flags = [str(tmp_path / f) if f.endswith((".toml", ".xyz")) else f for f in flags]
     assert main(["energy", "--tokens", "16", *flags]) == 2

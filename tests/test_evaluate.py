@@ -9,8 +9,16 @@ from halora.tasks import load_tasks
 
 
 def mc_file(tmp_path, count: int = 24):
-    records = [{"prompt": f"{a} plus {b} is", "options": [f" {a + b}", f" {a + b + 1}", " nine"],
-                "gold": 0, "split": "test"} for a in range(4) for b in range(count // 4)]
+    records = [
+        {
+            "prompt": f"{a} plus {b} is",
+            "options": [f" {a + b}", f" {a + b + 1}", " nine"],
+            "gold": 0,
+            "split": "test",
+        }
+        for a in range(4)
+        for b in range(count // 4)
+    ]
     path = tmp_path / "sums.json"
     path.write_text(json.dumps(records))
     return path
@@ -27,8 +35,11 @@ def direct_loglik(model, tokenizer, prompt: str, option: str) -> float:
 
 def test_option_logliks_match_direct_computation_at_any_batch_size(tiny):
     model, tokenizer = tiny
-    pairs = [("2 plus 2 is", " 4"), ("a much longer prompt than the others, to pad", " yes"),
-             ("x", " seventeen")]
+    pairs = [
+        ("2 plus 2 is", " 4"),
+        ("a much longer prompt than the others, to pad", " yes"),
+        ("x", " seventeen"),
+    ]
     expected = [direct_loglik(model, tokenizer, p, o) for p, o in pairs]
     for batch_size in (1, 2, 3):
         got, tokens = option_logliks(model, tokenizer, pairs, EvalSettings(batch_size=batch_size))
@@ -60,8 +71,7 @@ def test_greedy_generation_is_batch_independent(tiny):
 def test_generation_scorer_uses_the_task_scorer(tiny, tmp_path, monkeypatch):
     model, tokenizer = tiny
     path = tmp_path / "gen.json"
-    path.write_text(json.dumps([{"prompt": f"q{i}", "answer": "x", "split": "test"}
-                                for i in range(6)]))
+    path.write_text(json.dumps([{"prompt": f"q{i}", "answer": "x", "split": "test"} for i in range(6)]))
     task = load_tasks(f"json:{path}")[0]
     calls = []
     monkeypatch.setattr(task, "score", lambda example, text: calls.append(text) or 1.0)

@@ -34,8 +34,10 @@ def weight_spy(layers: dict[str, torch.nn.Module]) -> dict[str, torch.Tensor]:
     """Records each layer's weight as its first forward pass sees it."""
     seen: dict[str, torch.Tensor] = {}
     for key, layer in layers.items():
+
         def hook(module, args, output, key=key) -> None:  # None: keep the layer's output
             seen.setdefault(key, module.weight.detach().clone())
+
         layer.register_forward_hook(hook)
     return seen
 
@@ -82,8 +84,16 @@ def test_an_adapter_runs_as_a_separate_exact_branch(lm_eval, tiny):
     lora_layer = peft_model.base_model.model.model.layers[0].self_attn.q_proj
     calls = []
     lora_layer.lora_B["default"].register_forward_hook(lambda m, a, o: calls.append(1))
-    result = evaluate_lm_eval(peft_model, tokenizer, [TASK], include_path=str(FIXTURE), noise=NOISE,
-                              limit=2, batch_size=4, num_fewshot=1)
+    result = evaluate_lm_eval(
+        peft_model,
+        tokenizer,
+        [TASK],
+        include_path=str(FIXTURE),
+        noise=NOISE,
+        limit=2,
+        batch_size=4,
+        num_fewshot=1,
+    )
     assert calls, "the LoRA branch never ran"
     assert not lora_layer.merged  # never merged into the noisy base
     assert result["n_shot"][TASK] == 1 and result["n_samples"][TASK]["effective"] == 2
@@ -111,13 +121,16 @@ def test_unknown_task_is_one_line_with_suggestions(lm_eval, monkeypatch, tiny):
     assert "halora_tiny_mcq" in message and f"did you mean {TASK}" in message
 
 
-@pytest.mark.parametrize(("kwargs", "expected"), [
-    ({"limit": 0}, "--limit"),
-    ({"batch_size": 0}, "--batch-size"),
-    ({"num_fewshot": -1}, "--num-fewshot"),
-    ({"include_path": "/no/such/folder"}, "--include-path"),
-    ({"noise": "no_such_noise"}, "no_such_noise"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "expected"),
+    [
+        ({"limit": 0}, "--limit"),
+        ({"batch_size": 0}, "--batch-size"),
+        ({"num_fewshot": -1}, "--num-fewshot"),
+        ({"include_path": "/no/such/folder"}, "--include-path"),
+        ({"noise": "no_such_noise"}, "no_such_noise"),
+    ],
+)
 def test_bad_settings_are_usage_errors(lm_eval, tiny, kwargs, expected):
     settings = {"include_path": str(FIXTURE), **kwargs}
     with pytest.raises(UsageError, match=expected):
@@ -130,8 +143,9 @@ def json_task(folder: Path, data_file: Path) -> None:
         f"task: local_json\ndataset_path: json\n"
         f"dataset_kwargs:\n  data_files:\n    test: {data_file}\n  cache_dir: {folder / 'cache'}\n"
         f"test_split: test\noutput_type: multiple_choice\n"
-        "doc_to_text: \"Question: {{question}}\\nAnswer:\"\ndoc_to_choice: \"{{choices}}\"\n"
-        "doc_to_target: label\nmetric_list:\n  - metric: acc\n")
+        'doc_to_text: "Question: {{question}}\\nAnswer:"\ndoc_to_choice: "{{choices}}"\n'
+        "doc_to_target: label\nmetric_list:\n  - metric: acc\n"
+    )
 
 
 def test_a_yaml_task_over_a_local_json_file_runs_offline(lm_eval, tiny, tmp_path):
@@ -154,9 +168,25 @@ def test_command_prints_json_and_writes_the_same_file(lm_eval, tmp_path, capsys)
     parser = argparse.ArgumentParser()
     lmeval.add_arguments(parser)
     out = tmp_path / "out" / "lm.json"
-    args = parser.parse_args(["--model", "tiny", "--adapter", str(adapter), "--noise", NOISE,
-                              "--lm-tasks", TASK, "--include-path", str(FIXTURE), "--limit", "3",
-                              "--json", "--out", str(out)])
+    args = parser.parse_args(
+        [
+            "--model",
+            "tiny",
+            "--adapter",
+            str(adapter),
+            "--noise",
+            NOISE,
+            "--lm-tasks",
+            TASK,
+            "--include-path",
+            str(FIXTURE),
+            "--limit",
+            "3",
+            "--json",
+            "--out",
+            str(out),
+        ]
+    )
     assert lmeval.run(args) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed == json.loads(out.read_text())
@@ -164,6 +194,13 @@ def test_command_prints_json_and_writes_the_same_file(lm_eval, tmp_path, capsys)
 
 
 def test_compact_metrics_keeps_numbers_and_drops_the_none_filter():
-    results = {"t": {"alias": "t", "acc,none": 0.5, "acc_stderr,none": "N/A",
-                     "exact_match,strict-match": 1, "sample_len": 6}}
+    results = {
+        "t": {
+            "alias": "t",
+            "acc,none": 0.5,
+            "acc_stderr,none": "N/A",
+            "exact_match,strict-match": 1,
+            "sample_len": 6,
+        }
+    }
     assert compact_metrics(results) == {"t": {"acc": 0.5, "exact_match,strict-match": 1.0}}

@@ -28,10 +28,10 @@ def test_reg_matches_svd_on_known_matrices():
     factors = random_factors(5)
     expected = sum(direct_term(f.a, f.b) for f in factors)
     assert halora_regularizer(factors, "sum").item() == pytest.approx(expected.item(), rel=1e-10)
-    assert halora_regularizer(factors, "mean").item() == pytest.approx(expected.item() / 5,
-                                                                       rel=1e-10)
+    assert halora_regularizer(factors, "mean").item() == pytest.approx(expected.item() / 5, rel=1e-10)
     assert halora_regularizer(factors, "sum", scaled=True).item() == pytest.approx(
-        2.0 * expected.item(), rel=1e-10)
+        2.0 * expected.item(), rel=1e-10
+    )
 
 
 def test_reg_gradient_matches_svd_gradient():

@@ -11,8 +11,7 @@ from halora.models import build_tiny, byte_tokenizer, load_model
 def test_tiny_is_deterministic_llama():
     first, second = build_tiny(), build_tiny()
     assert first.config.model_type == "llama"
-    for (name, a), (_, b) in zip(first.state_dict().items(), second.state_dict().items(),
-                                 strict=True):
+    for (name, a), (_, b) in zip(first.state_dict().items(), second.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
 
 
@@ -37,16 +36,18 @@ def test_local_folder_round_trip(tmp_path, tiny):
     model.save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
     loaded, loaded_tokenizer = load_model(str(tmp_path))
-    for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items(),
-                                 strict=True):
+    for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
     assert loaded_tokenizer("abc").input_ids == tokenizer("abc").input_ids
 
 
-@pytest.mark.parametrize("bad, message", [
-    ("/no/such/folder", "neither a known name"),
-    ("smollm3", "neither a known name"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ("/no/such/folder", "neither a known name"),
+        ("smollm3", "neither a known name"),
+    ],
+)
 def test_bad_model_names(bad, message):
     with pytest.raises(UsageError, match=message):
         load_model(bad)

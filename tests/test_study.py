@@ -54,8 +54,11 @@ noise_ramp_steps = 2
 
 
 def write_study(tmp_path, text=STUDY):
-    records = [{"prompt": f"{a} and {b} make", "options": [" even", " odd"], "gold": (a + b) % 2}
-               for a in range(12) for b in range(12)]
+    records = [
+        {"prompt": f"{a} and {b} make", "options": [" even", " odd"], "gold": (a + b) % 2}
+        for a in range(12)
+        for b in range(12)
+    ]
     data = tmp_path / "parity.json"
     data.write_text(json.dumps(records))
     path = tmp_path / "study.toml"
@@ -71,13 +74,16 @@ def test_grid_expansion_and_names(tmp_path):
     assert study.test_sigmas == (0.02, 0.05)
 
 
-@pytest.mark.parametrize("change, message", [
-    ('mu = [0.01, 0.1]', None),
-    ('mu = "high"', "mu must be a float"),
-    ('colour = "red"', "unknown keys colour"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ("mu = [0.01, 0.1]", None),
+        ('mu = "high"', "mu must be a float"),
+        ('colour = "red"', "unknown keys colour"),
+    ],
+)
 def test_bad_arms(tmp_path, change, message):
-    text = STUDY.replace('mu = [0.01, 0.1]', change)
+    text = STUDY.replace("mu = [0.01, 0.1]", change)
     if message is None:
         load_study(write_study(tmp_path, text))
         return
@@ -91,9 +97,16 @@ def test_study_needs_its_baseline():
 
 
 def record(method, task, accuracy_items, seed=0, spec="none", noise="clean"):
-    return {"method": method, "task": task, "seed": seed, "spec": spec, "noise": noise,
-            "items": "".join(map(str, accuracy_items)), "n": len(accuracy_items),
-            "accuracy": sum(accuracy_items) / len(accuracy_items)}
+    return {
+        "method": method,
+        "task": task,
+        "seed": seed,
+        "spec": spec,
+        "noise": noise,
+        "items": "".join(map(str, accuracy_items)),
+        "n": len(accuracy_items),
+        "accuracy": sum(accuracy_items) / len(accuracy_items),
+    }
 
 
 def test_bootstrap_interval():
@@ -115,10 +128,12 @@ def test_paired_difference_interval():
 
 def test_choose_arms_by_noisy_validation_accuracy():
     study = StudySettings(arms=(Arm("lora", "lora"), Arm("h1", "halora"), Arm("h2", "halora")))
-    records = [record("lora", "t", [1, 0], spec="g", noise="gaussian"),
-               record("h1", "t", [0, 0], spec="g", noise="gaussian"),
-               record("h1", "t", [1, 1]),
-               record("h2", "t", [1, 1], spec="g", noise="gaussian")]
+    records = [
+        record("lora", "t", [1, 0], spec="g", noise="gaussian"),
+        record("h1", "t", [0, 0], spec="g", noise="gaussian"),
+        record("h1", "t", [1, 1]),
+        record("h2", "t", [1, 1], spec="g", noise="gaussian"),
+    ]
     assert choose_arms(study, records) == {"lora": "lora", "halora": "h2"}
 
 
@@ -151,7 +166,6 @@ def test_study_end_to_end_on_tiny(tmp_path, capsys):
     (stopped / "train_log.jsonl").write_text('{"step": 1}\n')
     assert main(["study", "--study", str(path), "--out", str(out)]) == 0  # starts that run over
     assert (stopped / "adapter_model.safetensors").is_file()
-
 
 
 @pytest.mark.parametrize("name", ["reduced", "longer", "layers", "full"])

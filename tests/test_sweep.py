@@ -29,17 +29,24 @@ def setup(tmp_path):
                     parameter.normal_(0, 0.5)
         model.save_pretrained(tmp_path / f"a{seed}")
         folders.append(str(tmp_path / f"a{seed}"))
-    records = [{"prompt": f"{a} and {b}", "options": [" yes", " no"], "gold": (a + b) % 2,
-                "split": "test"} for a in range(3) for b in range(3)]
+    records = [
+        {"prompt": f"{a} and {b}", "options": [" yes", " no"], "gold": (a + b) % 2, "split": "test"}
+        for a in range(3)
+        for b in range(3)
+    ]
     (tmp_path / "pairs.json").write_text(json.dumps(records))
     return tmp_path, folders, f"json:{tmp_path / 'pairs.json'}"
 
 
 def plan_for(tasks, adapters, seeds=2):
-    return SweepPlan(conditions=tuple(conditions_from((0.01, 0.05), "gaussian:sigma={sigma}",
-                                                      ("saf:p0=0.02,p1=0.02",))),
-                     seeds=tuple(range(seeds)), adapters=((BASE, ""), *adapters),
-                     tasks=tuple(t.name for t in tasks), eval=EvalSettings(n=None), model="tiny")
+    return SweepPlan(
+        conditions=tuple(conditions_from((0.01, 0.05), "gaussian:sigma={sigma}", ("saf:p0=0.02,p1=0.02",))),
+        seeds=tuple(range(seeds)),
+        adapters=((BASE, ""), *adapters),
+        tasks=tuple(t.name for t in tasks),
+        eval=EvalSettings(n=None),
+        model="tiny",
+    )
 
 
 def model_with(folders):
@@ -48,8 +55,9 @@ def model_with(folders):
 
 
 def test_conditions():
-    conditions = conditions_from((0.005, 0.02), "gaussian:sigma={sigma},scale=tile,tile=64",
-                                 ("saf:p0=0.01,p1=0.01",))
+    conditions = conditions_from(
+        (0.005, 0.02), "gaussian:sigma={sigma},scale=tile,tile=64", ("saf:p0=0.01,p1=0.01",)
+    )
     assert conditions[0] == Condition("none", "clean", 0.0)
     assert [c.sigma for c in conditions] == [0.0, 0.005, 0.02, None]
     assert [c.noise for c in conditions] == ["clean", "gaussian", "gaussian", "saf"]
@@ -93,8 +101,7 @@ def test_interrupted_sweep_resumes_with_the_same_results(setup, monkeypatch):
     cache.write_text("\n".join(lines[:8]) + "\n" + lines[8][:20])  # killed mid-write
     calls = []
     original = sweep_module.evaluate_task
-    monkeypatch.setattr(sweep_module, "evaluate_task",
-                        lambda *a, **k: calls.append(1) or original(*a, **k))
+    monkeypatch.setattr(sweep_module, "evaluate_task", lambda *a, **k: calls.append(1) or original(*a, **k))
     second = run_sweep(model, byte_tokenizer(), tasks, plan, tmp_path / "whole")
     assert len(calls) == len(lines) - 8
     strip = lambda rs: sorted(json.dumps(r, sort_keys=True) for r in rs)  # noqa: E731
@@ -120,9 +127,25 @@ def test_ranks_split_the_chips_and_gather_equals_one_process(setup):
 def test_cli_sweep_writes_every_output(setup, capsys):
     tmp_path, folders, spec = setup
     out = tmp_path / "cli"
-    argv = ["sweep", "--model", "tiny", "--tasks", spec, "--adapters",
-            f"lora={folders[0]},halora={folders[1]}", "--sigmas", "0.02", "--seeds", "2",
-            "--extra-noise", "saf:p0=0.01,p1=0.01", "--n", "9", "--out", str(out)]
+    argv = [
+        "sweep",
+        "--model",
+        "tiny",
+        "--tasks",
+        spec,
+        "--adapters",
+        f"lora={folders[0]},halora={folders[1]}",
+        "--sigmas",
+        "0.02",
+        "--seeds",
+        "2",
+        "--extra-noise",
+        "saf:p0=0.01,p1=0.01",
+        "--n",
+        "9",
+        "--out",
+        str(out),
+    ]
     assert main(argv) == 0
     results = json.loads((out / "results.json").read_text())
     assert {"method", "task", "noise", "sigma", "seed", "accuracy", "n"} <= set(results["runs"][0])
@@ -137,13 +160,16 @@ def test_cli_sweep_writes_every_output(setup, capsys):
         assert (out / plot).read_bytes()[:4] == b"\x89PNG"
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--adapters", "lora"], "LABEL=FOLDER"),
-    (["--adapters", "lora=/no/such/dir"], "no adapter_config.json"),
-    (["--adapters", "a=x,a=y"], "unique"),
-    ([], "nothing to evaluate"),
-    (["--base", "--noise-template", "gaussian:sigma=0.1"], "placeholder"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--adapters", "lora"], "LABEL=FOLDER"),
+        (["--adapters", "lora=/no/such/dir"], "no adapter_config.json"),
+        (["--adapters", "a=x,a=y"], "unique"),
+        ([], "nothing to evaluate"),
+        (["--base", "--noise-template", "gaussian:sigma=0.1"], "placeholder"),
+    ],
+)
 def test_cli_sweep_bad_input(argv, message, tmp_path, capsys):
     assert main(["sweep", "--model", "tiny", "--out", str(tmp_path / "o"), *argv]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -152,8 +178,8 @@ def test_cli_sweep_bad_input(argv, message, tmp_path, capsys):
 
 def test_recovery_ratio():
     def row(method, condition, mean):
-        return {"method": method, "condition": condition,
-                "tasks": {"average": {"mean": mean, "std": 0.0}}}
+        return {"method": method, "condition": condition, "tasks": {"average": {"mean": mean, "std": 0.0}}}
+
     rows = [row("lora", "clean", 60), row("lora", "sigma=0.02", 40), row("halora", "sigma=0.02", 55)]
     assert recovery_ratio(rows, "sigma=0.02") == pytest.approx(0.75)
     assert recovery_ratio(rows, "sigma=0.01") is None

@@ -119,8 +119,12 @@ def test_deterministic_across_loads_and_prefix_stable(suite):
 @pytest.fixture(scope="module")
 def more():
     """Generators outside the default suite that keep their option rules."""
-    return {t.name: t for t in load_tasks(
-        "rg:leg_counting(min_animals=1,max_animals=2,max_instances=3);rg:syllogism(invalid_ratio=0.5)")}
+    return {
+        t.name: t
+        for t in load_tasks(
+            "rg:leg_counting(min_animals=1,max_animals=2,max_instances=3);rg:syllogism(invalid_ratio=0.5)"
+        )
+    }
 
 
 def test_numeric_options_are_near_misses(suite, more):

@@ -19,14 +19,27 @@ LORA = LoraSettings(rank=4, alpha=8, dropout=0.0)
 
 
 def examples(count: int = 32) -> list[Example]:
-    return [Example(task="add", prompt=f"{a}+{b}=", answer=f"{a + b}")
-            for a in range(8) for b in range(count // 8)]
+    return [
+        Example(task="add", prompt=f"{a}+{b}=", answer=f"{a + b}")
+        for a in range(8)
+        for b in range(count // 8)
+    ]
 
 
 def quick(method: str, **overrides) -> TrainSettings:
-    values = dict(method=method, steps=24, batch_size=8, lr=3e-2, warmup_steps=0,
-                  noise="gaussian:sigma=0.02", redraw_every=5, mu=0.01, logging_steps=4,
-                  save_steps=1000, progress=False)
+    values = dict(
+        method=method,
+        steps=24,
+        batch_size=8,
+        lr=3e-2,
+        warmup_steps=0,
+        noise="gaussian:sigma=0.02",
+        redraw_every=5,
+        mu=0.01,
+        logging_steps=4,
+        save_steps=1000,
+        progress=False,
+    )
     return TrainSettings(**{**values, **overrides})
 
 
@@ -68,8 +81,9 @@ def test_noise_is_redrawn_exactly_every_k_steps(tmp_path, monkeypatch):
     monkeypatch.setattr(train_module.HaloraTrainer, "__init__", with_watcher)
     model = build_tiny()
     clean = next(iter(rram_layers(model).values())).weight.detach().clone()
-    result = train(model, byte_tokenizer(), examples(), tmp_path / "run",
-                   quick("noisy", steps=13, redraw_every=4), LORA)
+    result = train(
+        model, byte_tokenizer(), examples(), tmp_path / "run", quick("noisy", steps=13, redraw_every=4), LORA
+    )
     assert result.draws == [(0, 0), (4, 1), (8, 2), (12, 3)]
     seen = watchers[0].rram_seen
     assert len(seen) == 13
@@ -88,8 +102,11 @@ def test_adapter_round_trips_through_stock_peft(tmp_path):
     with torch.no_grad():
         trained = model(**batch).logits
         loaded = PeftModel.from_pretrained(build_tiny(), out)
-        missing = [n for n, p in loaded.named_parameters() if "lora_" in n and
-                   not any(torch.equal(p, t) for t in saved.values())]
+        missing = [
+            n
+            for n, p in loaded.named_parameters()
+            if "lora_" in n and not any(torch.equal(p, t) for t in saved.values())
+        ]
         assert not missing
         assert torch.allclose(loaded(**batch).logits, trained, atol=1e-6)
     sidecar = json.loads((out / SIDECAR).read_text())
@@ -127,8 +144,7 @@ def test_resume_equals_uninterrupted(tmp_path, monkeypatch):
         train(model, byte_tokenizer(), examples(), tmp_path / "split", settings, lora)
     assert weights_hash(model) == clean  # interrupted: base restored
     monkeypatch.setattr(train_module.HaloraTrainer, "__init__", original)
-    train(build_tiny(), byte_tokenizer(), examples(), tmp_path / "split", settings, lora,
-          resume=True)
+    train(build_tiny(), byte_tokenizer(), examples(), tmp_path / "split", settings, lora, resume=True)
     whole = load_file(tmp_path / "whole" / "adapter_model.safetensors")
     split = load_file(tmp_path / "split" / "adapter_model.safetensors")
     assert whole.keys() == split.keys()
@@ -142,8 +158,7 @@ def test_train_errors(tmp_path):
     with pytest.raises(UsageError, match="not empty"):
         train(build_tiny(), byte_tokenizer(), examples(), tmp_path / "used", quick("lora"), LORA)
     with pytest.raises(UsageError, match="nothing to resume"):
-        train(build_tiny(), byte_tokenizer(), examples(), tmp_path / "new", quick("lora"), LORA,
-              resume=True)
+        train(build_tiny(), byte_tokenizer(), examples(), tmp_path / "new", quick("lora"), LORA, resume=True)
     with pytest.raises(UsageError, match="unknown method"):
         TrainSettings(method="dora")
     with pytest.raises(UsageError):
@@ -156,15 +171,26 @@ def test_cli_train_with_config_file(tmp_path, capsys):
     data = tmp_path / "pairs.json"
     data.write_text(json.dumps([{"prompt": e.prompt, "answer": e.answer} for e in examples()]))
     config = tmp_path / "run.toml"
-    config.write_text('method = "halora"\nsteps = 6\nmu = 0.05\nredraw-every = 2\n'
-                      'rank = 2\nbatch_size = 4\nno_such_key = 1\n')
+    config.write_text(
+        'method = "halora"\nsteps = 6\nmu = 0.05\nredraw-every = 2\n'
+        "rank = 2\nbatch_size = 4\nno_such_key = 1\n"
+    )
     out = tmp_path / "out"
-    argv = ["train", "--model", "tiny", "--tasks", f"json:{data}", "--config", str(config),
-            "--out", str(out), "--no-progress"]
+    argv = [
+        "train",
+        "--model",
+        "tiny",
+        "--tasks",
+        f"json:{data}",
+        "--config",
+        str(config),
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
     assert main(argv) == 2
     assert "unknown keys no_such_key" in capsys.readouterr().err
-    config.write_text('method = "halora"\nsteps = 6\nmu = 0.05\nredraw-every = 2\n'
-                      'rank = 2\nbatch_size = 4\n')
+    config.write_text('method = "halora"\nsteps = 6\nmu = 0.05\nredraw-every = 2\nrank = 2\nbatch_size = 4\n')
     assert main([*argv, "--steps", "4"]) == 0
     sidecar = json.loads((out / SIDECAR).read_text())
     assert sidecar["training"]["steps"] == 4  # the flag beats the file
@@ -185,8 +211,14 @@ def test_noise_curriculum_and_noise_targets(tmp_path, monkeypatch):
     monkeypatch.setattr(train_module.HaloraTrainer, "__init__", with_watcher)
     model = build_tiny()
     clean = {n: layer.weight.detach().clone() for n, layer in rram_layers(model).items()}
-    train(model, byte_tokenizer(), examples(), tmp_path / "ramp",
-          quick("noisy", steps=12, redraw_every=3, noise_ramp_steps=9), LORA)
+    train(
+        model,
+        byte_tokenizer(),
+        examples(),
+        tmp_path / "ramp",
+        quick("noisy", steps=12, redraw_every=3, noise_ramp_steps=9),
+        LORA,
+    )
     first = next(iter(clean.values()))
     sizes = [float((seen - first).norm()) for seen in watchers[0].rram_seen[::3]]
     assert sizes[0] == 0.0 and sizes[1] < sizes[2] < sizes[3]  # 0, 1/3, 2/3, full sigma
@@ -204,10 +236,17 @@ def test_noise_curriculum_and_noise_targets(tmp_path, monkeypatch):
         original(self, *args, callbacks=[*callbacks, Probe(kwargs["model"])], **kwargs)
 
     monkeypatch.setattr(train_module.HaloraTrainer, "__init__", with_probe)
-    train(build_tiny(), byte_tokenizer(), examples(), tmp_path / "targets",
-          quick("noisy", steps=2, noise_targets=("down_proj",)), LORA)
+    train(
+        build_tiny(),
+        byte_tokenizer(),
+        examples(),
+        tmp_path / "targets",
+        quick("noisy", steps=2, noise_targets=("down_proj",)),
+        LORA,
+    )
     assert {name for name, noisy in seen_noise.items() if noisy} == {
-        name for name in clean if name.endswith("down_proj")}
+        name for name in clean if name.endswith("down_proj")
+    }
 
 
 def test_curriculum_ramps_its_noise_over_two_thirds_of_the_steps_by_default():
@@ -231,10 +270,22 @@ def test_gradient_accumulation_and_checkpointing_train_halora(tmp_path):
 def test_reg_term_counts_once_per_optimizer_step_under_accumulation(tmp_path):
     """mu * reg must weigh the same with 2 x 4 accumulated examples as with one batch of 8."""
     common = dict(steps=6, mu=1.0, reduction="sum")
-    whole = train(build_tiny(), byte_tokenizer(), examples(), tmp_path / "one",
-                  quick("reg", batch_size=8, grad_accum=1, **common), LORA)
-    split = train(build_tiny(), byte_tokenizer(), examples(), tmp_path / "two",
-                  quick("reg", batch_size=4, grad_accum=2, **common), LORA)
+    whole = train(
+        build_tiny(),
+        byte_tokenizer(),
+        examples(),
+        tmp_path / "one",
+        quick("reg", batch_size=8, grad_accum=1, **common),
+        LORA,
+    )
+    split = train(
+        build_tiny(),
+        byte_tokenizer(),
+        examples(),
+        tmp_path / "two",
+        quick("reg", batch_size=4, grad_accum=2, **common),
+        LORA,
+    )
     assert whole.steps == split.steps == 6
     one = load_file(tmp_path / "one" / "adapter_model.safetensors")
     two = load_file(tmp_path / "two" / "adapter_model.safetensors")
@@ -254,10 +305,37 @@ def test_ddp_on_cpu_with_torchrun(tmp_path):
     data.write_text(json.dumps([{"prompt": e.prompt, "answer": e.answer} for e in examples(64)]))
     out = tmp_path / "ddp"
     done = subprocess.run(
-        [torchrun, "--nproc_per_node", "2", "-m", "halora.cli", "train", "--model", "tiny",
-         "--tasks", f"json:{data}", "--train-n", "40", "--method", "halora", "--steps", "4",
-         "--redraw-every", "2", "--batch-size", "4", "--logging-steps", "2", "--out", str(out),
-         "--no-progress"], capture_output=True, text=True, timeout=300)
+        [
+            torchrun,
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "halora.cli",
+            "train",
+            "--model",
+            "tiny",
+            "--tasks",
+            f"json:{data}",
+            "--train-n",
+            "40",
+            "--method",
+            "halora",
+            "--steps",
+            "4",
+            "--redraw-every",
+            "2",
+            "--batch-size",
+            "4",
+            "--logging-steps",
+            "2",
+            "--out",
+            str(out),
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.count("trained halora for 4 steps") == 1  # printed by the main rank only
     assert json.loads((out / SIDECAR).read_text())["method"] == "halora"

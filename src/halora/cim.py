@@ -65,7 +65,7 @@ class Placement:
 def canonical_name(name: str) -> str:
     """The layer's name without PEFT's wrapping, so draws match with and without an adapter."""
     if name.startswith(_PEFT_PREFIX):
-        name = name[len(_PEFT_PREFIX):]
+        name = name[len(_PEFT_PREFIX) :]
     return name.replace(".base_layer", "")
 
 
@@ -83,8 +83,9 @@ def _adapter_module_ids(model: nn.Module) -> set[int]:
         if isinstance(module, BaseTunerLayer):
             base = module.get_base_layer()
             base_ids = {id(m) for m in base.modules()}
-            adapter_ids.update(id(child) for child in module.modules()
-                               if child is not module and id(child) not in base_ids)
+            adapter_ids.update(
+                id(child) for child in module.modules() if child is not module and id(child) not in base_ids
+            )
     return adapter_ids
 
 
@@ -151,8 +152,7 @@ def placement_report(
     sram_ids = {id(p) for m in model.modules() if id(m) in lora_ids for p in m.parameters(recurse=False)}
     params = {"rram": 0, "sram": 0, "digital": 0}
     for parameter in model.parameters():  # yields each shared tensor once
-        place = ("rram" if id(parameter) in rram_ids
-                 else "sram" if id(parameter) in sram_ids else "digital")
+        place = "rram" if id(parameter) in rram_ids else "sram" if id(parameter) in sram_ids else "digital"
         params[place] += parameter.numel()
     tiles = sum(_tile_count(layer.weight.shape, tile) for layer in layers.values())
     notes = []
@@ -173,8 +173,10 @@ def _tile_count(shape: torch.Size, tile: tuple[int, int]) -> int:
 
 
 def _tied_lm_head(model: nn.Module) -> bool:
-    get_in, get_out = (getattr(model, "get_input_embeddings", None),
-                       getattr(model, "get_output_embeddings", None))
+    get_in, get_out = (
+        getattr(model, "get_input_embeddings", None),
+        getattr(model, "get_output_embeddings", None),
+    )
     if get_in is None or get_out is None or get_out() is None:
         return False
     return get_in().weight is get_out().weight
@@ -215,7 +217,8 @@ class _DiskStash:
     def __init__(self, directory: str | None = None) -> None:
         # closed in close(), when the chip is restored; unlinked from the start
         self._file = tempfile.TemporaryFile(  # noqa: SIM115
-            dir=directory or os.environ.get("HALORA_STASH_DIR"))
+            dir=directory or os.environ.get("HALORA_STASH_DIR")
+        )
         self._offsets: dict[str, tuple[int, int]] = {}
 
     def put(self, name: str, weight: torch.Tensor) -> None:
@@ -253,8 +256,14 @@ class Chip:
     the noise every K steps this way) without stashing them again.
     """
 
-    def __init__(self, model: nn.Module, noise: NoiseModel | str, seed: int,
-                 placement: Placement = Placement(), store: Store = "auto") -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        noise: NoiseModel | str,
+        seed: int,
+        placement: Placement = Placement(),
+        store: Store = "auto",
+    ) -> None:
         self.model = model
         self.noise = parse_noise_spec(noise) if isinstance(noise, str) else noise
         self.programming, self.read = split_noise(self.noise)
@@ -310,8 +319,7 @@ class Chip:
                 self._stash.restore_into(name, weight)
             if self.programming is not None:
                 generator = layer_generator(seed, name, weight.device)
-                weight.copy_(_as_linear_layout(layer, self.programming.apply,
-                                               weight, generator))
+                weight.copy_(_as_linear_layout(layer, self.programming.apply, weight, generator))
 
     def _make_stash(self):
         devices = {layer.weight.device.type for layer in self.layers.values()}
@@ -341,8 +349,7 @@ class Chip:
             return
         head = self.model.get_output_embeddings()
         self._untied = head.weight
-        head.weight = nn.Parameter(head.weight.detach().clone(),
-                                   requires_grad=head.weight.requires_grad)
+        head.weight = nn.Parameter(head.weight.detach().clone(), requires_grad=head.weight.requires_grad)
         for name, layer in self.layers.items():
             if layer is head:
                 self.layers[name] = head
@@ -389,8 +396,7 @@ class _ReadNoiseHook:
     def before(self, module: nn.Module, args) -> None:
         self.saved = module.weight.data
         with torch.no_grad():
-            module.weight.data = _as_linear_layout(module, self.model.apply, self.saved,
-                                                   self.generator)
+            module.weight.data = _as_linear_layout(module, self.model.apply, self.saved, self.generator)
 
     def after(self, module: nn.Module, args, output) -> None:
         module.weight.data = self.saved
@@ -408,8 +414,13 @@ class _Handles:
 
 
 @contextmanager
-def program_chip(model: nn.Module, noise: NoiseModel | str, seed: int,
-                 placement: Placement = Placement(), store: Store = "auto") -> Iterator[Chip]:
+def program_chip(
+    model: nn.Module,
+    noise: NoiseModel | str,
+    seed: int,
+    placement: Placement = Placement(),
+    store: Store = "auto",
+) -> Iterator[Chip]:
     """Program one chip for the duration of a with-block; the clean model comes back after.
 
     >>> with program_chip(model, "gaussian:sigma=0.02", seed=0):

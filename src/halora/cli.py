@@ -24,8 +24,9 @@ def _load(name: str):
     return importlib.import_module(_module_name(name))
 
 
-def build_parser(commands: tuple[str, ...] = COMMANDS) -> tuple[
-        argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+def build_parser(
+    commands: tuple[str, ...] = COMMANDS,
+) -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     """The top parser and each command's parser (config files set the latter's defaults)."""
     parser = argparse.ArgumentParser(
         prog="halora",
@@ -59,8 +60,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         config = load_config_file(config_path)
         unknown = sorted(set(config) - set(vars(args)) - {"config"})
         if unknown:
-            raise UsageError(f"config file {config_path} has unknown keys {', '.join(unknown)}: "
-                             f"use the flag names of `halora {args.command} --help`")
+            raise UsageError(
+                f"config file {config_path} has unknown keys {', '.join(unknown)}: "
+                f"use the flag names of `halora {args.command} --help`"
+            )
         command_parsers[args.command].set_defaults(**config)
         args = parser.parse_args(argv)
     return args

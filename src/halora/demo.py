@@ -71,17 +71,20 @@ DEMO = DemoSettings()
 QUICK = replace(DEMO, steps=20, train_n=60, test_n=10, seeds=2, redraw_every=5)
 
 
-def run_demo(settings: DemoSettings, out: str | Path, progress: bool = True,
-             log=print) -> dict:
+def run_demo(settings: DemoSettings, out: str | Path, progress: bool = True, log=print) -> dict:
     """Run the whole pipeline into `out`; return the summary (also in out/demo.json)."""
     out = Path(out)
     started = time.perf_counter()
     tasks = load_tasks(settings.tasks)
     train_examples = [e for task in tasks for e in task.examples("train", settings.train_n)]
-    log(f"halora demo: {settings.model}, tasks {', '.join(t.name for t in tasks)}; "
-        f"methods {', '.join(settings.methods)}; {settings.steps} steps each")
-    log(f"estimated total time: about {estimate_minutes(settings, len(tasks)):.0f} min "
-        "(2-core CPU figures; a GPU is much faster)")
+    log(
+        f"halora demo: {settings.model}, tasks {', '.join(t.name for t in tasks)}; "
+        f"methods {', '.join(settings.methods)}; {settings.steps} steps each"
+    )
+    log(
+        f"estimated total time: about {estimate_minutes(settings, len(tasks)):.0f} min "
+        "(2-core CPU figures; a GPU is much faster)"
+    )
     adapters = []
     for method in settings.methods:
         folder = out / "adapters" / method
@@ -91,40 +94,60 @@ def run_demo(settings: DemoSettings, out: str | Path, progress: bool = True,
             log(f"[{method}] training")
             resume = resume_or_clear(folder)
             model, tokenizer = load_model(settings.model)
-            train(model, tokenizer, train_examples, folder, _train_settings(settings, method, progress),
-                  LoraSettings(rank=settings.rank, alpha=2.0 * settings.rank),
-                  model_name=model_label(settings.model), resume=resume)
+            train(
+                model,
+                tokenizer,
+                train_examples,
+                folder,
+                _train_settings(settings, method, progress),
+                LoraSettings(rank=settings.rank, alpha=2.0 * settings.rank),
+                model_name=model_label(settings.model),
+                resume=resume,
+            )
         adapters.append((method, str(folder)))
     model, tokenizer = load_model(settings.model)
     model = load_adapters(model, adapters)
-    plan = SweepPlan(conditions=tuple(conditions_from(settings.sigmas,
-                                                      "gaussian:sigma={sigma},scale=tile,tile=64",
-                                                      (settings.saf,))),
-                     seeds=tuple(range(settings.seeds)), adapters=tuple(adapters),
-                     tasks=tuple(t.name for t in tasks),
-                     eval=EvalSettings(n=settings.test_n, batch_size=32, progress=progress),
-                     model=model_label(settings.model))
+    plan = SweepPlan(
+        conditions=tuple(
+            conditions_from(settings.sigmas, "gaussian:sigma={sigma},scale=tile,tile=64", (settings.saf,))
+        ),
+        seeds=tuple(range(settings.seeds)),
+        adapters=tuple(adapters),
+        tasks=tuple(t.name for t in tasks),
+        eval=EvalSettings(n=settings.test_n, batch_size=32, progress=progress),
+        model=model_label(settings.model),
+    )
     log("sweep: every adapter on the same chips")
     records = run_sweep(model, tokenizer, tasks, plan, out / "sweep")
-    paths = write_results(out, records, {"title": "halora demo", "demo": asdict(settings),
-                                         **plan.manifest()})
+    paths = write_results(out, records, {"title": "halora demo", "demo": asdict(settings), **plan.manifest()})
     plot_sweep(records, out)
     summary = _summary(records, settings, time.perf_counter() - started)
     files.write_json(out / "demo.json", summary)
     log(paths["md"].read_text(encoding="utf-8"))
     log(_energy_text(settings))
-    log(f"wrote {out}/results.json, results.csv, summary.md, accuracy_vs_sigma.png, per_task.png "
-        f"in {summary['seconds'] / 60:.1f} min")
+    log(
+        f"wrote {out}/results.json, results.csv, summary.md, accuracy_vs_sigma.png, per_task.png "
+        f"in {summary['seconds'] / 60:.1f} min"
+    )
     return summary
 
 
 def _train_settings(settings: DemoSettings, method: str, progress: bool) -> TrainSettings:
-    return TrainSettings(method=method, noise=settings.train_noise, redraw_every=settings.redraw_every,
-                         mu=settings.mu, reduction=settings.reduction, steps=settings.steps,
-                         batch_size=settings.batch_size, lr=settings.lr,
-                         warmup_steps=max(settings.steps // 10, 1), max_length=settings.max_length,
-                         save_steps=max(settings.steps // 2, 1), logging_steps=max(settings.steps // 10, 1),
-                         progress=progress)
+    return TrainSettings(
+        method=method,
+        noise=settings.train_noise,
+        redraw_every=settings.redraw_every,
+        mu=settings.mu,
+        reduction=settings.reduction,
+        steps=settings.steps,
+        batch_size=settings.batch_size,
+        lr=settings.lr,
+        warmup_steps=max(settings.steps // 10, 1),
+        max_length=settings.max_length,
+        save_steps=max(settings.steps // 2, 1),
+        logging_steps=max(settings.steps // 10, 1),
+        progress=progress,
+    )
 
 
 # Seconds per unit measured on the 2-core CPU this project is built on (SmolLM2-135M, fp32):
@@ -146,8 +169,7 @@ def _summary(records: list[dict], settings: DemoSettings, seconds: float) -> dic
     rows = summary_rows(records)
     table = {f"{row['method']}@{row['condition']}": row["tasks"] for row in rows}
     ratios = {f"sigma={s:g}": recovery_ratio(rows, f"sigma={s:g}") for s in settings.sigmas}
-    return {"seconds": seconds, "settings": asdict(settings), "table": table,
-            "recovery_ratio": ratios}
+    return {"seconds": seconds, "settings": asdict(settings), "table": table, "recovery_ratio": ratios}
 
 
 def _energy_text(settings: DemoSettings) -> str:
@@ -155,11 +177,12 @@ def _energy_text(settings: DemoSettings) -> str:
 
     lines = ["energy of a 512-token prefill (preset paper; see `halora energy`):"]
     for arch_name in ("smollm2-135m", "llama-3.2-1b"):
-        report = estimate(load_arch(arch_name), load_preset("paper"), tokens=512,
-                          lora_rank=settings.rank)
+        report = estimate(load_arch(arch_name), load_preset("paper"), tokens=512, lora_rank=settings.rank)
         data = report.to_json()
-        lines.append(f"  {arch_name:14s} hybrid CIM {data['hybrid_mj']:.2f} mJ vs A100 "
-                     f"{data['gpu_mj']:.1f} mJ ({100 * data['ratio']:.1f} %)")
+        lines.append(
+            f"  {arch_name:14s} hybrid CIM {data['hybrid_mj']:.2f} mJ vs A100 "
+            f"{data['gpu_mj']:.1f} mJ ({100 * data['ratio']:.1f} %)"
+        )
     return "\n".join(lines)
 
 

@@ -17,8 +17,9 @@ class Encoded:
     answer_start: int  # index of the first answer token in input_ids
 
 
-def encode_pair(tokenizer: PreTrainedTokenizerBase, prompt: str, answer: str,
-                max_length: int, add_eos: bool = True) -> Encoded:
+def encode_pair(
+    tokenizer: PreTrainedTokenizerBase, prompt: str, answer: str, max_length: int, add_eos: bool = True
+) -> Encoded:
     """Token ids of prompt + answer (+ eos); a long prompt loses its start, never the answer."""
     prompt_ids = tokenizer(prompt, add_special_tokens=True).input_ids
     answer_ids = tokenizer(answer, add_special_tokens=False).input_ids
@@ -26,5 +27,5 @@ def encode_pair(tokenizer: PreTrainedTokenizerBase, prompt: str, answer: str,
         answer_ids = answer_ids + [tokenizer.eos_token_id]
     answer_ids = answer_ids[:max_length]
     room = max(max_length - len(answer_ids), 0)
-    prompt_ids = prompt_ids[len(prompt_ids) - room:] if room else []
+    prompt_ids = prompt_ids[len(prompt_ids) - room :] if room else []
     return Encoded(prompt_ids + answer_ids, len(prompt_ids))

@@ -100,8 +100,9 @@ class Arch:
 
 
 def bundled_models() -> list[str]:
-    return sorted(p.name.removesuffix(".json") for p in _bundled("models").iterdir()
-                  if p.name.endswith(".json"))
+    return sorted(
+        p.name.removesuffix(".json") for p in _bundled("models").iterdir() if p.name.endswith(".json")
+    )
 
 
 def load_arch(name_or_path: str | Path) -> Arch:
@@ -114,8 +115,10 @@ def load_arch(name_or_path: str | Path) -> Arch:
     if path.is_dir():
         path = path / "config.json"
     if not path.is_file():
-        raise UsageError(f"unknown model {name!r}: use one of {', '.join(bundled_models())}, "
-                         "a config.json path or a model folder")
+        raise UsageError(
+            f"unknown model {name!r}: use one of {', '.join(bundled_models())}, "
+            "a config.json path or a model folder"
+        )
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -127,12 +130,13 @@ def load_arch(name_or_path: str | Path) -> Arch:
 def arch_from_config(config: dict[str, Any], name: str) -> Arch:
     """Read the architecture keys of an HF config (multimodal configs: its text_config)."""
     config = config.get("text_config", config)
-    required = ("hidden_size", "num_hidden_layers", "num_attention_heads",
-                "intermediate_size", "vocab_size")
+    required = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size")
     missing = [key for key in required if not isinstance(config.get(key), int)]
     if missing:
-        raise UsageError(f"model config {name!r} lacks integer {', '.join(missing)}: "
-                         "give a decoder-only HF config.json (LLaMA/Qwen/Mistral style)")
+        raise UsageError(
+            f"model config {name!r} lacks integer {', '.join(missing)}: "
+            "give a decoder-only HF config.json (LLaMA/Qwen/Mistral style)"
+        )
     heads = config["num_attention_heads"]
     arch = Arch(
         name=name,
@@ -145,8 +149,10 @@ def arch_from_config(config: dict[str, Any], name: str) -> Arch:
         vocab=config["vocab_size"],
         tied_embeddings=bool(config.get("tie_word_embeddings", False)),
     )
-    if min(arch.hidden, arch.layers, arch.heads, arch.kv_heads, arch.head_dim,
-           arch.intermediate, arch.vocab) < 1:
+    if (
+        min(arch.hidden, arch.layers, arch.heads, arch.kv_heads, arch.head_dim, arch.intermediate, arch.vocab)
+        < 1
+    ):
         raise UsageError(f"model config {name!r} has a size below 1: check its config.json")
     return arch
 
@@ -188,8 +194,11 @@ class RramTile:
     def tile_area_um2(self) -> float:
         # The preset's ADC area is for 8 bits; a SAR ADC's capacitor array doubles per bit.
         adc_um2 = self.adc_area_um2 * 2 ** (self.adc_bits - 8)
-        return (self.tile_rows * self.tile_cols * self.cell_area_um2
-                + self.adcs_per_tile * adc_um2 + self.tile_rows * self.dac_area_um2)
+        return (
+            self.tile_rows * self.tile_cols * self.cell_area_um2
+            + self.adcs_per_tile * adc_um2
+            + self.tile_rows * self.dac_area_um2
+        )
 
 
 @dataclass(frozen=True)
@@ -243,19 +252,27 @@ class Hardware:
     gpus: dict[str, Gpu]
 
 
-_SECTIONS = {"workload": WorkloadRules, "rram": RramTile, "sram": SramCim,
-             "digital": Digital, "movement": Movement, "gpu": GpuRules}
+_SECTIONS = {
+    "workload": WorkloadRules,
+    "rram": RramTile,
+    "sram": SramCim,
+    "digital": Digital,
+    "movement": Movement,
+    "gpu": GpuRules,
+}
 _TYPES = {"int": int, "float": float, "bool": bool, "str": str}
 _TYPE_WORDS = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}
 
 
 def bundled_presets() -> list[str]:
-    return sorted(p.name.removesuffix(".toml") for p in _bundled("energy").iterdir()
-                  if p.name.endswith(".toml"))
+    return sorted(
+        p.name.removesuffix(".toml") for p in _bundled("energy").iterdir() if p.name.endswith(".toml")
+    )
 
 
-def load_preset(name_or_path: str | Path = DEFAULT_PRESET,
-                overrides: dict[str, Any] | None = None) -> Hardware:
+def load_preset(
+    name_or_path: str | Path = DEFAULT_PRESET, overrides: dict[str, Any] | None = None
+) -> Hardware:
     """A bundled preset name or a TOML path, then `overrides` ({"rram.adc_bits": 10, ...}).
 
     Override values may be typed or strings as typed on a command line ("10", "exact").
@@ -303,8 +320,9 @@ def _read_preset_table(name: str, seen: tuple[str, ...]) -> dict[str, Any]:
     elif Path(name).suffix == ".toml" or Path(name).is_file():
         table = _parse_toml(Path(name))
     else:
-        raise UsageError(f"unknown preset {name!r}: use one of {', '.join(bundled_presets())} "
-                         "or a TOML file path")
+        raise UsageError(
+            f"unknown preset {name!r}: use one of {', '.join(bundled_presets())} or a TOML file path"
+        )
     base = table.pop("extends", None)
     if base is None:
         return table
@@ -354,53 +372,66 @@ def _coerce(value: Any, type_name: str, where: str) -> Any:
 
 def _build(cls: type, table: Any, where: str) -> Any:
     if not isinstance(table, dict):
-        raise UsageError(f"preset lacks the table [{where}]: add it, or start the file with "
-                         'extends = "paper"')
+        raise UsageError(
+            f'preset lacks the table [{where}]: add it, or start the file with extends = "paper"'
+        )
     fields = {f.name: f.type for f in dataclasses.fields(cls)}
     for key in table:
         if key not in fields:
-            raise UsageError(f"unknown preset key {where}.{key}: known keys are "
-                             f"{', '.join(fields)}")
+            raise UsageError(f"unknown preset key {where}.{key}: known keys are {', '.join(fields)}")
     missing = [name for name in fields if name not in table]
     if missing:
-        raise UsageError(f"preset section [{where}] lacks {', '.join(missing)}: "
-                         "add them or start the file with extends = \"paper\"")
-    return cls(**{name: _coerce(table[name], fields[name], f"{where}.{name}")
-                  for name in fields})
+        raise UsageError(
+            f"preset section [{where}] lacks {', '.join(missing)}: "
+            'add them or start the file with extends = "paper"'
+        )
+    return cls(**{name: _coerce(table[name], fields[name], f"{where}.{name}") for name in fields})
 
 
 def _hardware_from_table(table: dict[str, Any]) -> Hardware:
     expected = {"name", "description", "gpus", *_SECTIONS}
     for key in table:
         if key not in expected:
-            raise UsageError(f"unknown preset section {key!r}: "
-                             f"known are {', '.join(sorted(expected))}")
+            raise UsageError(f"unknown preset section {key!r}: known are {', '.join(sorted(expected))}")
     sections = {key: _build(cls, table.get(key), key) for key, cls in _SECTIONS.items()}
     gpus = {name: _build(Gpu, spec, f"gpus.{name}") for name, spec in table.get("gpus", {}).items()}
-    return Hardware(name=str(table.get("name", "custom")),
-                    description=str(table.get("description", "")), gpus=gpus, **sections)
+    return Hardware(
+        name=str(table.get("name", "custom")),
+        description=str(table.get("description", "")),
+        gpus=gpus,
+        **sections,
+    )
 
 
 def _validate(hw: Hardware) -> Hardware:
     rules = hw.workload
     if rules.layout not in LAYOUTS:
-        raise UsageError(f"workload.layout {rules.layout!r} is unknown: "
-                         f"use one of {', '.join(LAYOUTS)}")
+        raise UsageError(f"workload.layout {rules.layout!r} is unknown: use one of {', '.join(LAYOUTS)}")
     if hw.gpu.precision not in ("int8", "bf16"):
         raise UsageError(f"gpu.precision {hw.gpu.precision!r} is unknown: use int8 or bf16")
     if hw.gpu.reference not in hw.gpus:
-        raise UsageError(f"gpu.reference {hw.gpu.reference!r} has no [gpus.{hw.gpu.reference}] "
-                         f"table: use one of {', '.join(hw.gpus) or '(none defined)'}")
-    sections = {"workload": rules, "rram": hw.rram, "sram": hw.sram, "digital": hw.digital,
-                "movement": hw.movement, **{f"gpus.{name}": gpu for name, gpu in hw.gpus.items()}}
+        raise UsageError(
+            f"gpu.reference {hw.gpu.reference!r} has no [gpus.{hw.gpu.reference}] "
+            f"table: use one of {', '.join(hw.gpus) or '(none defined)'}"
+        )
+    sections = {
+        "workload": rules,
+        "rram": hw.rram,
+        "sram": hw.sram,
+        "digital": hw.digital,
+        "movement": hw.movement,
+        **{f"gpus.{name}": gpu for name, gpu in hw.gpus.items()},
+    }
     for where, section in sections.items():
         for f in dataclasses.fields(section):
             if f.type not in ("int", "float"):
                 continue
             value = getattr(section, f.name)
             if value < (1 if f.type == "int" else 0):  # ints are sizes and bit widths
-                raise UsageError(f"preset value {where}.{f.name} = {value} is out of range: "
-                                 "energies and areas must be >= 0, sizes and bits >= 1")
+                raise UsageError(
+                    f"preset value {where}.{f.name} = {value} is out of range: "
+                    "energies and areas must be >= 0, sizes and bits >= 1"
+                )
     for name, gpu in hw.gpus.items():
         if min(gpu.tdp_w, gpu.int8_tops, gpu.bf16_tflops, gpu.hbm_tb_s) <= 0:
             raise UsageError(f"gpus.{name} needs a positive TDP, peaks and bandwidth")
@@ -429,13 +460,25 @@ def block_matrices(arch: Arch, layout: str, include_lm_head: bool = False) -> li
     the standard-transformer count the HaLoRA figures follow; "exact": the real shapes."""
     h, inner = arch.hidden, arch.intermediate
     if layout == "paper":
-        shapes = {"q_proj": (h, h), "k_proj": (h, h), "v_proj": (h, h), "o_proj": (h, h),
-                  "up_proj": (h, inner), "down_proj": (inner, h)}
+        shapes = {
+            "q_proj": (h, h),
+            "k_proj": (h, h),
+            "v_proj": (h, h),
+            "o_proj": (h, h),
+            "up_proj": (h, inner),
+            "down_proj": (inner, h),
+        }
     else:
         q_dim, kv_dim = arch.heads * arch.head_dim, arch.kv_heads * arch.head_dim
-        shapes = {"q_proj": (h, q_dim), "k_proj": (h, kv_dim), "v_proj": (h, kv_dim),
-                  "o_proj": (q_dim, h), "gate_proj": (h, inner), "up_proj": (h, inner),
-                  "down_proj": (inner, h)}
+        shapes = {
+            "q_proj": (h, q_dim),
+            "k_proj": (h, kv_dim),
+            "v_proj": (h, kv_dim),
+            "o_proj": (q_dim, h),
+            "gate_proj": (h, inner),
+            "up_proj": (h, inner),
+            "down_proj": (inner, h),
+        }
     matrices = [Matrix(name, rows, cols, arch.layers) for name, (rows, cols) in shapes.items()]
     if include_lm_head:
         matrices.append(Matrix("lm_head", h, arch.vocab, 1))
@@ -447,11 +490,17 @@ def lora_matrices(base: list[Matrix], rank: int, targets: tuple[str, ...]) -> li
     by_name = {m.name: m for m in base}
     unknown = [t for t in targets if t not in by_name]
     if unknown:
-        raise UsageError(f"unknown LoRA target {', '.join(unknown)} for this layout: use some of "
-                         f"{', '.join(by_name)}")
-    return [part for t in targets for part in (
-        Matrix(t, by_name[t].rows, rank, by_name[t].copies),
-        Matrix(t, rank, by_name[t].cols, by_name[t].copies))]
+        raise UsageError(
+            f"unknown LoRA target {', '.join(unknown)} for this layout: use some of {', '.join(by_name)}"
+        )
+    return [
+        part
+        for t in targets
+        for part in (
+            Matrix(t, by_name[t].rows, rank, by_name[t].copies),
+            Matrix(t, rank, by_name[t].cols, by_name[t].copies),
+        )
+    ]
 
 
 @dataclass(frozen=True)
@@ -501,17 +550,23 @@ class Work:
         return self.run.tokens
 
 
-def count_work(arch: Arch, rules: WorkloadRules, run: Run, rank: int,
-               targets: tuple[str, ...]) -> Work:
+def count_work(arch: Arch, rules: WorkloadRules, run: Run, rank: int, targets: tuple[str, ...]) -> Work:
     base = block_matrices(arch, rules.layout, rules.include_lm_head)
     exact = rules.layout == "exact"
     causal = rules.causal_attention or run.phase == "decode"
     return Work(
-        run=run, base=tuple(base), lora=tuple(lora_matrices(base, rank, targets)),
-        layers=arch.layers, heads=arch.heads, hidden=arch.hidden, intermediate=arch.intermediate,
+        run=run,
+        base=tuple(base),
+        lora=tuple(lora_matrices(base, rank, targets)),
+        layers=arch.layers,
+        heads=arch.heads,
+        hidden=arch.hidden,
+        intermediate=arch.intermediate,
         q_dim=arch.heads * arch.head_dim if exact else arch.hidden,
         kv_dim=arch.kv_heads * arch.head_dim if exact else arch.hidden,
-        gated=exact, causal=causal, pairs=float(run.pairs_per_step(causal).sum()),
+        gated=exact,
+        causal=causal,
+        pairs=float(run.pairs_per_step(causal).sum()),
     )
 
 
@@ -547,29 +602,37 @@ def _shared_costs(work: Work, hw: Hardware) -> list[Cost]:
     digital = hw.digital.pj_per_element
     costs = [
         # Q·Kᵀ and P·V: q_dim MACs per (query, key) pair each.
-        Cost("attention", "sram_attention",
-             2 * work.q_dim * work.pairs * work.layers * hw.sram.mac_pj),
+        Cost("attention", "sram_attention", 2 * work.q_dim * work.pairs * work.layers * hw.sram.mac_pj),
         # Each new token's key and value are written into the attention SRAM.
-        Cost("attention", "sram_attention",
-             2 * work.kv_dim * per_layer_token * byte * hw.sram.write_pj_per_byte),
+        Cost(
+            "attention",
+            "sram_attention",
+            2 * work.kv_dim * per_layer_token * byte * hw.sram.write_pj_per_byte,
+        ),
         Cost("softmax", "digital", work.heads * work.pairs * work.layers * digital("softmax")),
         # Two RMSNorms per block and the final one.
-        Cost("norm", "digital",
-             (2 * work.layers + 1) * work.hidden * work.tokens * digital("norm")),
+        Cost("norm", "digital", (2 * work.layers + 1) * work.hidden * work.tokens * digital("norm")),
         Cost("activation", "digital", work.intermediate * per_layer_token * digital("activation")),
         Cost("residual", "digital", 2 * work.hidden * per_layer_token * digital("residual")),
         # Scores go out to the softmax and probabilities come back.
-        Cost("attention", "data_movement",
-             2 * work.heads * work.pairs * work.layers * byte * hw.movement.pj_per_byte),
+        Cost(
+            "attention",
+            "data_movement",
+            2 * work.heads * work.pairs * work.layers * byte * hw.movement.pj_per_byte,
+        ),
     ]
     if work.gated:
-        costs.append(Cost("activation", "digital",
-                          work.intermediate * per_layer_token * digital("gate")))
+        costs.append(Cost("activation", "digital", work.intermediate * per_layer_token * digital("gate")))
     # Every matrix reads its input from and writes its output to the on-chip buffer. The
     # LoRA branch shares its base matrix's input broadcast and output adder: no extra traffic.
-    costs += [Cost(m.name, "data_movement",
-                   (m.rows + m.cols) * work.tokens * m.copies * byte * hw.movement.pj_per_byte)
-              for m in work.base]
+    costs += [
+        Cost(
+            m.name,
+            "data_movement",
+            (m.rows + m.cols) * work.tokens * m.copies * byte * hw.movement.pj_per_byte,
+        )
+        for m in work.base
+    ]
     return costs
 
 
@@ -582,8 +645,7 @@ def design_costs(design: str, work: Work, hw: Hardware) -> list[Cost]:
         else:
             costs += _rram_costs(m, work.tokens, hw.rram)
     if design != "rram_only":  # rram_only programs W + BA into the tiles: no separate branch
-        costs += [Cost("lora", "sram_lora", work.tokens * m.weights * hw.sram.mac_pj)
-                  for m in work.lora]
+        costs += [Cost("lora", "sram_lora", work.tokens * m.weights * hw.sram.mac_pj) for m in work.lora]
     return costs
 
 
@@ -601,8 +663,10 @@ def design_area_mm2(design: str, work: Work, hw: Hardware) -> dict[str, float]:
         base_weights = sum(m.weights for m in work.base)
         parts["sram_weights"] = (base_weights + lora_weights) * weight_bits * bit_um2
     else:
-        tiles = sum(math.ceil(m.rows / hw.rram.tile_rows) * math.ceil(m.cols / hw.rram.tile_cols)
-                    * m.copies for m in work.base)
+        tiles = sum(
+            math.ceil(m.rows / hw.rram.tile_rows) * math.ceil(m.cols / hw.rram.tile_cols) * m.copies
+            for m in work.base
+        )
         parts["rram_tiles"] = tiles * hw.rram.tile_area_um2
     if design == "hybrid":
         parts["sram_lora"] = lora_weights * weight_bits * bit_um2
@@ -679,20 +743,32 @@ class EnergyReport:
     def to_json(self) -> dict[str, Any]:
         tokens = self.run.tokens
         energies = {**self.design_mj, **self.gpu_mj}
-        return _rounded({
-            "model": self.model, "preset": self.preset, "layout": self.layout,
-            "phase": self.run.phase, "tokens": tokens, "prompt": self.run.prompt,
-            "lora_rank": self.lora_rank, "lora_targets": list(self.lora_targets),
-            "hybrid_mj": self.hybrid_mj, "gpu": self.gpu_reference,
-            "gpu_mj": self.gpu_mj[self.gpu_reference], "ratio": self.ratio,
-            "rram_only_mj": self.design_mj["rram_only"],
-            "sram_only_mj": self.design_mj["sram_only"],
-            "gpus_mj": self.gpu_mj,
-            "breakdown": self.breakdown(), "by_layer_type": self.by_layer_type(),
-            "lora_share": self.lora_share, "rram_share": self.rram_share,
-            "per_token_uj": {name: mj * 1000 / tokens for name, mj in energies.items()},
-            "area_mm2": self.total_area_mm2(), "hybrid_area_mm2": self.area_mm2["hybrid"],
-        })
+        return _rounded(
+            {
+                "model": self.model,
+                "preset": self.preset,
+                "layout": self.layout,
+                "phase": self.run.phase,
+                "tokens": tokens,
+                "prompt": self.run.prompt,
+                "lora_rank": self.lora_rank,
+                "lora_targets": list(self.lora_targets),
+                "hybrid_mj": self.hybrid_mj,
+                "gpu": self.gpu_reference,
+                "gpu_mj": self.gpu_mj[self.gpu_reference],
+                "ratio": self.ratio,
+                "rram_only_mj": self.design_mj["rram_only"],
+                "sram_only_mj": self.design_mj["sram_only"],
+                "gpus_mj": self.gpu_mj,
+                "breakdown": self.breakdown(),
+                "by_layer_type": self.by_layer_type(),
+                "lora_share": self.lora_share,
+                "rram_share": self.rram_share,
+                "per_token_uj": {name: mj * 1000 / tokens for name, mj in energies.items()},
+                "area_mm2": self.total_area_mm2(),
+                "hybrid_area_mm2": self.area_mm2["hybrid"],
+            }
+        )
 
 
 def _sum_by(costs: tuple[Cost, ...], attribute: str) -> dict[str, float]:
@@ -711,9 +787,15 @@ def _rounded(value: Any) -> Any:
     return value
 
 
-def estimate(arch: Arch, hardware: Hardware, tokens: int, lora_rank: int = 4,
-             lora_targets: tuple[str, ...] = PAPER_TARGETS, phase: str = "prefill",
-             prompt: int = 0) -> EnergyReport:
+def estimate(
+    arch: Arch,
+    hardware: Hardware,
+    tokens: int,
+    lora_rank: int = 4,
+    lora_targets: tuple[str, ...] = PAPER_TARGETS,
+    phase: str = "prefill",
+    prompt: int = 0,
+) -> EnergyReport:
     """Energy and area of running `arch` on every design and GPU of `hardware`."""
     if not isinstance(tokens, int) or tokens < 1:
         raise UsageError(f"tokens must be a positive integer, got {tokens!r}")
@@ -729,12 +811,18 @@ def estimate(arch: Arch, hardware: Hardware, tokens: int, lora_rank: int = 4,
     work = count_work(arch, hardware.workload, run, lora_rank, tuple(lora_targets))
     ledgers = {design: design_costs(design, work, hardware) for design in DESIGNS}
     return EnergyReport(
-        model=arch.name, preset=hardware.name, layout=hardware.workload.layout, run=run,
-        lora_rank=lora_rank, lora_targets=tuple(lora_targets),
+        model=arch.name,
+        preset=hardware.name,
+        layout=hardware.workload.layout,
+        run=run,
+        lora_rank=lora_rank,
+        lora_targets=tuple(lora_targets),
         hybrid_costs=tuple(ledgers["hybrid"]),
         design_mj={d: sum(c.pj for c in costs) / PJ_PER_MJ for d, costs in ledgers.items()},
-        gpu_mj={name: gpu_energy_j(gpu, hardware.gpu.precision, work) * 1000
-                for name, gpu in hardware.gpus.items()},
+        gpu_mj={
+            name: gpu_energy_j(gpu, hardware.gpu.precision, work) * 1000
+            for name, gpu in hardware.gpus.items()
+        },
         gpu_reference=hardware.gpu.reference,
         area_mm2={design: design_area_mm2(design, work, hardware) for design in DESIGNS},
     )
@@ -769,8 +857,9 @@ def plot_report(report: EnergyReport, path: str | Path) -> None:
     right.set_ylim(bottom=10 ** math.floor(math.log10(min(totals.values())) - 1))
     right.set_ylabel("energy (mJ, log)")
     right.set_title("designs and GPUs")
-    figure.suptitle(f"{report.model}, {report.run.phase} of {report.run.tokens} tokens, "
-                    f"preset {report.preset}")
+    figure.suptitle(
+        f"{report.model}, {report.run.phase} of {report.run.tokens} tokens, preset {report.preset}"
+    )
     try:
         write_with(target, lambda tmp: figure.savefig(tmp, format=fmt))
     finally:

@@ -54,9 +54,16 @@ class TaskScore:
     tokens: int = 0  # tokens the model processed (for throughput)
 
     def to_json(self) -> dict:
-        return {"task": self.task, "scorer": self.scorer, "accuracy": self.accuracy,
-                "acc_norm": self.acc_norm, "n": self.n, "chance": self.chance,
-                "items": "".join(str(i) for i in self.items), "tokens": self.tokens}
+        return {
+            "task": self.task,
+            "scorer": self.scorer,
+            "accuracy": self.accuracy,
+            "acc_norm": self.acc_norm,
+            "n": self.n,
+            "chance": self.chance,
+            "items": "".join(str(i) for i in self.items),
+            "tokens": self.tokens,
+        }
 
 
 def scorer_for(examples: list[Example], requested: str) -> str:
@@ -68,8 +75,13 @@ def scorer_for(examples: list[Example], requested: str) -> str:
     return requested
 
 
-def evaluate_task(model, tokenizer, task: Task, settings: EvalSettings = EvalSettings(),
-                  examples: list[Example] | None = None) -> TaskScore:
+def evaluate_task(
+    model,
+    tokenizer,
+    task: Task,
+    settings: EvalSettings = EvalSettings(),
+    examples: list[Example] | None = None,
+) -> TaskScore:
     """Accuracy of `model` on `task`; pass `examples` to reuse a loaded split."""
     examples = examples if examples is not None else task.examples(settings.split, settings.n)
     if not examples:
@@ -90,14 +102,15 @@ def _score_choices(model, tokenizer, task, examples, settings) -> TaskScore:
     logliks, tokens = option_logliks(model, tokenizer, pairs, settings)
     correct, correct_norm, start = [], [], 0
     for example in examples:
-        scores = logliks[start:start + len(example.options)]
+        scores = logliks[start : start + len(example.options)]
         start += len(example.options)
         per_byte = [s / max(len(o.encode()), 1) for s, o in zip(scores, example.options, strict=True)]
         correct.append(int(_argmax(scores) == example.gold))
         correct_norm.append(int(_argmax(per_byte) == example.gold))
     n = len(examples)
-    return TaskScore(task.name, "loglik", sum(correct) / n, n, task.chance,
-                     sum(correct_norm) / n, correct, tokens)
+    return TaskScore(
+        task.name, "loglik", sum(correct) / n, n, task.chance, sum(correct_norm) / n, correct, tokens
+    )
 
 
 def _argmax(values: list[float]) -> int:
@@ -105,8 +118,9 @@ def _argmax(values: list[float]) -> int:
 
 
 @torch.no_grad()
-def option_logliks(model, tokenizer, pairs: list[tuple[str, str]],
-                   settings: EvalSettings) -> tuple[list[float], int]:
+def option_logliks(
+    model, tokenizer, pairs: list[tuple[str, str]], settings: EvalSettings
+) -> tuple[list[float], int]:
     """Summed log-probability of each option's tokens after its prompt; tokens processed.
 
     A prompt is run once and its key/value cache is shared by all of its options (a
@@ -121,9 +135,11 @@ def option_logliks(model, tokenizer, pairs: list[tuple[str, str]],
     tokens = 0
     batches = range(0, len(groups), settings.batch_size)
     for start in tqdm(batches, desc="loglik", disable=not settings.progress, leave=False):
-        batch = groups[start:start + settings.batch_size]
-        options = [[tokenizer(pairs[i][1], add_special_tokens=False).input_ids for i in indices]
-                   for _, indices in batch]
+        batch = groups[start : start + settings.batch_size]
+        options = [
+            [tokenizer(pairs[i][1], add_special_tokens=False).input_ids for i in indices]
+            for _, indices in batch
+        ]
         longest = max(len(ids) for per_prompt in options for ids in per_prompt)
         room = max(settings.max_length - longest, 1)
         prompt_ids = [tokenizer(prompt, add_special_tokens=True).input_ids[-room:] for prompt, _ in batch]
@@ -135,19 +151,26 @@ def option_logliks(model, tokenizer, pairs: list[tuple[str, str]],
     return results, tokens
 
 
-def _score_options(model, tokenizer, prompt_ids: list[list[int]],
-                   options: list[list[list[int]]]) -> tuple[list[list[float]], int]:
+def _score_options(
+    model, tokenizer, prompt_ids: list[list[int]], options: list[list[list[int]]]
+) -> tuple[list[list[float]], int]:
     device = _device_of(model)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     ids, mask = _pad(prompt_ids, pad, left=True)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    out = model(input_ids=ids.to(device), attention_mask=mask.to(device),
-                position_ids=positions.to(device), use_cache=True, logits_to_keep=1)
+    out = model(
+        input_ids=ids.to(device),
+        attention_mask=mask.to(device),
+        position_ids=positions.to(device),
+        use_cache=True,
+        logits_to_keep=1,
+    )
     first = F.log_softmax(out.logits[:, -1].float(), dim=-1).cpu()  # predicts each option's 1st token
     owners = [row for row, per_prompt in enumerate(options) for _ in per_prompt]
     flat = [ids_ for per_prompt in options for ids_ in per_prompt]
-    scores = [first[owner, option[0]].item() if option else 0.0
-              for owner, option in zip(owners, flat, strict=True)]
+    scores = [
+        first[owner, option[0]].item() if option else 0.0 for owner, option in zip(owners, flat, strict=True)
+    ]
     tokens = int(mask.sum()) + sum(len(option) for option in flat)
     if max(len(option) for option in flat) > 1:  # the rest of each option, on the shared cache
         cache = getattr(out, "cache", None) or out.past_key_values
@@ -155,15 +178,19 @@ def _score_options(model, tokenizer, prompt_ids: list[list[int]],
         rest, rest_mask = _pad([option[:-1] for option in flat], pad, left=False)
         full_mask = torch.cat([mask[owners], rest_mask], dim=1)
         rest_positions = mask.sum(-1)[owners, None] + torch.arange(rest.shape[1])
-        logits = model(input_ids=rest.to(device), attention_mask=full_mask.to(device),
-                       position_ids=rest_positions.to(device), **{_cache_keyword(model): cache}).logits
+        logits = model(
+            input_ids=rest.to(device),
+            attention_mask=full_mask.to(device),
+            position_ids=rest_positions.to(device),
+            **{_cache_keyword(model): cache},
+        ).logits
         logprobs = F.log_softmax(logits.float(), dim=-1).cpu()
         for row, option in enumerate(flat):
             for step, token in enumerate(option[1:]):
                 scores[row] += logprobs[row, step, token].item()
     per_prompt, cursor = [], 0
     for group in options:
-        per_prompt.append(scores[cursor:cursor + len(group)])
+        per_prompt.append(scores[cursor : cursor + len(group)])
         cursor += len(group)
     return per_prompt, tokens
 
@@ -187,17 +214,20 @@ def _pad(rows: list[list[int]], pad: int, left: bool) -> tuple[torch.Tensor, tor
 
 
 def _score_generations(model, tokenizer, task, examples, settings) -> TaskScore:
-    completions, tokens = generate(model, tokenizer, [e.prompt for e in examples],
-                                   task.max_new_tokens, settings)
-    correct = [int(task.score(example, text) >= 1.0) for example, text in
-               zip(examples, completions, strict=True)]
+    completions, tokens = generate(
+        model, tokenizer, [e.prompt for e in examples], task.max_new_tokens, settings
+    )
+    correct = [
+        int(task.score(example, text) >= 1.0) for example, text in zip(examples, completions, strict=True)
+    ]
     n = len(examples)
     return TaskScore(task.name, "generate", sum(correct) / n, n, task.chance, None, correct, tokens)
 
 
 @torch.no_grad()
-def generate(model, tokenizer, prompts: list[str], max_new_tokens: int,
-             settings: EvalSettings) -> tuple[list[str], int]:
+def generate(
+    model, tokenizer, prompts: list[str], max_new_tokens: int, settings: EvalSettings
+) -> tuple[list[str], int]:
     """Greedy completions (new text only), batched with left padding."""
     device = _device_of(model)
     side = tokenizer.padding_side
@@ -207,12 +237,14 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int,
         order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
         batches = range(0, len(order), settings.batch_size)
         for start in tqdm(batches, desc="generate", disable=not settings.progress, leave=False):
-            chunk = [prompts[i] for i in order[start:start + settings.batch_size]]
-            batch = tokenizer(chunk, return_tensors="pt", padding=True, truncation=True,
-                              max_length=settings.max_length).to(device)
-            generated = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
-                                       pad_token_id=tokenizer.pad_token_id)
-            new = generated[:, batch["input_ids"].shape[1]:]
+            chunk = [prompts[i] for i in order[start : start + settings.batch_size]]
+            batch = tokenizer(
+                chunk, return_tensors="pt", padding=True, truncation=True, max_length=settings.max_length
+            ).to(device)
+            generated = model.generate(
+                **batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id
+            )
+            new = generated[:, batch["input_ids"].shape[1] :]
             tokens += int(batch["attention_mask"].sum()) + new.numel()
             for row, text in enumerate(tokenizer.batch_decode(new, skip_special_tokens=True)):
                 texts[order[start + row]] = text

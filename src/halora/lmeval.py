@@ -32,10 +32,19 @@ INSTALL_HINT = "lm-eval is not installed: pip install 'halora[lm-eval]' (or pip 
 _HFLM_LOGGER = "lm_eval.models.huggingface"
 
 
-def evaluate_lm_eval(model: nn.Module, tokenizer: Any, tasks: list[str], include_path: str | None = None,
-                     noise: str = "none", seed: int = 0, placement: Placement = Placement(),
-                     limit: int | None = None, batch_size: int = 16,
-                     num_fewshot: int | None = None, manager: Any | None = None) -> dict:
+def evaluate_lm_eval(
+    model: nn.Module,
+    tokenizer: Any,
+    tasks: list[str],
+    include_path: str | None = None,
+    noise: str = "none",
+    seed: int = 0,
+    placement: Placement = Placement(),
+    limit: int | None = None,
+    batch_size: int = 16,
+    num_fewshot: int | None = None,
+    manager: Any | None = None,
+) -> dict:
     """Run lm-eval `tasks` on `model` (a transformers model or PeftModel) on one programmed chip.
 
     Returns {"tasks": {task: {metric: value}}, "results": lm-eval's raw "results" section,
@@ -55,9 +64,15 @@ def evaluate_lm_eval(model: nn.Module, tokenizer: Any, tasks: list[str], include
     with program_chip(model, noise_model, seed, placement) as chip:
         raw = _simple_evaluate(lm_eval, lm, tasks, manager, limit, num_fewshot)
     results = _plain(raw["results"])
-    return {"tasks": compact_metrics(results), "results": results,
-            "n_samples": _plain(raw.get("n-samples", {})), "n_shot": _plain(raw.get("n-shot", {})),
-            "noise": chip.noise.spec(), "seed": seed, "lm_eval_version": raw.get("lm_eval_version")}
+    return {
+        "tasks": compact_metrics(results),
+        "results": results,
+        "n_samples": _plain(raw.get("n-samples", {})),
+        "n_shot": _plain(raw.get("n-shot", {})),
+        "noise": chip.noise.spec(),
+        "seed": seed,
+        "lm_eval_version": raw.get("lm_eval_version"),
+    }
 
 
 def import_lm_eval():
@@ -112,8 +127,10 @@ def _unknown_message(unknown: list[str], known: list[str], include_path: str | N
         close = difflib.get_close_matches(name, known, n=3)
         parts.append(f"{name} (did you mean {', '.join(close)}?)" if close else name)
     where = f" built in or under {include_path}" if include_path else " built in"
-    return (f"unknown lm-eval task {'; '.join(parts)}: no such task{where} "
-            "(list them with `lm-eval ls tasks`; local YAML tasks need --include-path)")
+    return (
+        f"unknown lm-eval task {'; '.join(parts)}: no such task{where} "
+        "(list them with `lm-eval ls tasks`; local YAML tasks need --include-path)"
+    )
 
 
 def _wrap(model: nn.Module, tokenizer: Any, batch_size: int):
@@ -134,16 +151,25 @@ def _quiet(logger_name: str) -> Iterator[None]:
         logger.setLevel(level)
 
 
-def _simple_evaluate(lm_eval, lm, tasks: list[str], manager, limit: int | None,
-                     num_fewshot: int | None) -> dict:
+def _simple_evaluate(
+    lm_eval, lm, tasks: list[str], manager, limit: int | None, num_fewshot: int | None
+) -> dict:
     try:
         # log_samples=False: per-item records are large and not reported
-        return lm_eval.simple_evaluate(model=lm, tasks=list(tasks), task_manager=manager, limit=limit,
-                                       num_fewshot=num_fewshot, log_samples=False)
+        return lm_eval.simple_evaluate(
+            model=lm,
+            tasks=list(tasks),
+            task_manager=manager,
+            limit=limit,
+            num_fewshot=num_fewshot,
+            log_samples=False,
+        )
     except OSError as err:  # ConnectionError offline, FileNotFoundError for local data files
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UsageError(f"lm-eval could not load a task's data ({first}): offline, only datasets "
-                         "in the local Hugging Face cache or local files (--include-path) work") from err
+        raise UsageError(
+            f"lm-eval could not load a task's data ({first}): offline, only datasets "
+            "in the local Hugging Face cache or local files (--include-path) work"
+        ) from err
 
 
 def compact_metrics(results: dict) -> dict[str, dict[str, float]]:

@@ -71,8 +71,9 @@ def attach_lora(model: nn.Module, settings: LoraSettings = LoraSettings()) -> Pe
     try:
         return get_peft_model(model, settings.peft_config())
     except ValueError as err:
-        raise UsageError(f"cannot attach LoRA to targets {', '.join(settings.targets)}: "
-                         f"{str(err).splitlines()[0]}") from err
+        raise UsageError(
+            f"cannot attach LoRA to targets {', '.join(settings.targets)}: {str(err).splitlines()[0]}"
+        ) from err
 
 
 @dataclass(frozen=True)
@@ -80,7 +81,7 @@ class LoraFactors:
     name: str
     a: torch.Tensor  # r × d_in
     b: torch.Tensor  # d_out × r
-    scaling: float   # α/r (or α/√r with rsLoRA)
+    scaling: float  # α/r (or α/√r with rsLoRA)
 
 
 def lora_factors(model: nn.Module) -> list[LoraFactors]:
@@ -91,14 +92,20 @@ def lora_factors(model: nn.Module) -> list[LoraFactors]:
             continue
         for adapter in module.active_adapters:
             if adapter in module.lora_A:
-                factors.append(LoraFactors(name, module.lora_A[adapter].weight,
-                                           module.lora_B[adapter].weight,
-                                           float(module.scaling[adapter])))
+                factors.append(
+                    LoraFactors(
+                        name,
+                        module.lora_A[adapter].weight,
+                        module.lora_B[adapter].weight,
+                        float(module.scaling[adapter]),
+                    )
+                )
     return factors
 
 
-def halora_regularizer(factors: list[LoraFactors], reduction: Reduction = "mean",
-                       scaled: bool = False) -> torch.Tensor:
+def halora_regularizer(
+    factors: list[LoraFactors], reduction: Reduction = "mean", scaled: bool = False
+) -> torch.Tensor:
     """Σ or mean over modules of ‖A Aᵀ‖₂ + ‖Bᵀ B‖₂ (times α/r when `scaled`).
 
     A Aᵀ and Bᵀ B are symmetric positive semi-definite, so their spectral norm is their
@@ -120,7 +127,7 @@ def halora_regularizer(factors: list[LoraFactors], reduction: Reduction = "mean"
         b_list = [f.b.to(dtype) for f in group]
         grams = [a @ a.T for a in a_list] + [b.T @ b for b in b_list]
         largest = torch.linalg.eigvalsh(torch.stack(grams))[:, -1]
-        per_module = largest[: len(group)] + largest[len(group):]
+        per_module = largest[: len(group)] + largest[len(group) :]
         if scaled:
             per_module = per_module * per_module.new_tensor([f.scaling for f in group])
         terms.append(per_module)
@@ -139,15 +146,18 @@ def load_adapters(model: nn.Module, adapters: list[tuple[str, str]]) -> nn.Modul
     for label, folder in adapters:
         path = Path(folder)
         if not (path / "adapter_config.json").is_file():
-            raise UsageError(f"adapter {label}={folder} has no adapter_config.json: "
-                             "give a folder written by `halora train` or PEFT's save_pretrained")
+            raise UsageError(
+                f"adapter {label}={folder} has no adapter_config.json: "
+                "give a folder written by `halora train` or PEFT's save_pretrained"
+            )
         try:
             if peft_model is None:
                 peft_model = PeftModel.from_pretrained(model, path, adapter_name=label)
             else:
                 peft_model.load_adapter(path, adapter_name=label)
         except (ValueError, KeyError, RuntimeError) as err:
-            raise UsageError(f"adapter {label}={folder} does not fit this model: "
-                             f"{str(err).splitlines()[0]}") from err
+            raise UsageError(
+                f"adapter {label}={folder} does not fit this model: {str(err).splitlines()[0]}"
+            ) from err
     peft_model.eval()
     return peft_model

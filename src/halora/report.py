@@ -17,8 +17,19 @@ from pathlib import Path
 from halora import files
 
 AVERAGE = "average"
-CSV_KEYS = ("method", "task", "noise", "spec", "sigma", "seed", "accuracy", "acc_norm", "n",
-            "scorer", "chance")
+CSV_KEYS = (
+    "method",
+    "task",
+    "noise",
+    "spec",
+    "sigma",
+    "seed",
+    "accuracy",
+    "acc_norm",
+    "n",
+    "scorer",
+    "chance",
+)
 
 
 def write_results(out: str | Path, records: list[dict], meta: dict) -> dict[str, Path]:
@@ -26,16 +37,21 @@ def write_results(out: str | Path, records: list[dict], meta: dict) -> dict[str,
     out = Path(out)
     records = sorted(records, key=_order)
     paths = {"json": out / "results.json", "csv": out / "results.csv", "md": out / "summary.md"}
-    files.write_json(paths["json"], {"meta": meta, "runs": records,
-                                     "summary": summary_rows(records)})
+    files.write_json(paths["json"], {"meta": meta, "runs": records, "summary": summary_rows(records)})
     files.write_text(paths["csv"], to_csv(records))
     files.write_text(paths["md"], markdown_summary(records, meta.get("title", "halora sweep")))
     return paths
 
 
 def _order(record: dict) -> tuple:
-    return (record["method"], record["noise"] != "clean", record["noise"],
-            record["sigma"] if record["sigma"] is not None else -1, record["seed"], record["task"])
+    return (
+        record["method"],
+        record["noise"] != "clean",
+        record["noise"],
+        record["sigma"] if record["sigma"] is not None else -1,
+        record["seed"],
+        record["task"],
+    )
 
 
 def to_csv(records: list[dict]) -> str:
@@ -65,16 +81,30 @@ def summary_rows(records: list[dict]) -> list[dict]:
     rows = []
     for key, by_seed in cells.items():
         tasks = sorted({task for scores in by_seed.values() for task in scores})
-        row = {"method": key[0], "noise": meta[key]["noise"], "spec": key[1],
-               "sigma": meta[key]["sigma"], "condition": condition_label(meta[key]),
-               "seeds": len(by_seed), "tasks": {}}
+        row = {
+            "method": key[0],
+            "noise": meta[key]["noise"],
+            "spec": key[1],
+            "sigma": meta[key]["sigma"],
+            "condition": condition_label(meta[key]),
+            "seeds": len(by_seed),
+            "tasks": {},
+        }
         for task in tasks:
             row["tasks"][task] = _mean_std([s[task] for s in by_seed.values() if task in s])
         complete = [s for s in by_seed.values() if len(s) == len(tasks)]
         row["tasks"][AVERAGE] = _mean_std([statistics.fmean(s.values()) for s in complete])
         rows.append(row)
-    return sorted(rows, key=lambda r: (r["method"], r["noise"] != "clean", r["noise"],
-                                       r["sigma"] if r["sigma"] is not None else -1, r["spec"]))
+    return sorted(
+        rows,
+        key=lambda r: (
+            r["method"],
+            r["noise"] != "clean",
+            r["noise"],
+            r["sigma"] if r["sigma"] is not None else -1,
+            r["spec"],
+        ),
+    )
 
 
 def _mean_std(values: list[float]) -> dict[str, float]:
@@ -91,8 +121,9 @@ def average_of(rows: list[dict], method: str, condition: str) -> dict[str, float
     return None
 
 
-def recovery_ratio(rows: list[dict], condition: str, robust: str = "halora",
-                   baseline: str = "lora") -> float | None:
+def recovery_ratio(
+    rows: list[dict], condition: str, robust: str = "halora", baseline: str = "lora"
+) -> float | None:
     """(robust_noisy - baseline_noisy) / (baseline_clean - baseline_noisy) on the average:
     1.0 means the robust method recovers all of the accuracy the baseline loses on the chip."""
     clean = average_of(rows, baseline, "clean")
@@ -107,14 +138,22 @@ def markdown_summary(records: list[dict], title: str) -> str:
     rows = summary_rows(records)
     tasks = sorted({task for row in rows for task in row["tasks"] if task != AVERAGE})
     header = ["method", "chip", "seeds", *tasks, AVERAGE]
-    lines = [f"# {title}", "", "Accuracy in % (mean ± std over chip seeds).", "",
-             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = [
+        f"# {title}",
+        "",
+        "Accuracy in % (mean ± std over chip seeds).",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
     for row in rows:
         cells = [_fmt(row["tasks"].get(task)) for task in [*tasks, AVERAGE]]
-        lines.append(f"| {row['method']} | {row['condition']} | {row['seeds']} | "
-                     + " | ".join(cells) + " |")
-    ratios = [(row["condition"], recovery_ratio(rows, row["condition"])) for row in rows
-              if row["method"] == "halora" and row["condition"] != "clean"]
+        lines.append(f"| {row['method']} | {row['condition']} | {row['seeds']} | " + " | ".join(cells) + " |")
+    ratios = [
+        (row["condition"], recovery_ratio(rows, row["condition"]))
+        for row in rows
+        if row["method"] == "halora" and row["condition"] != "clean"
+    ]
     if any(ratio is not None for _, ratio in ratios):
         lines += ["", "Recovery ratio (halora − lora on chip) / (lora clean − lora on chip):", ""]
         lines += [f"- {condition}: {ratio:.2f}" for condition, ratio in ratios if ratio is not None]
@@ -142,21 +181,30 @@ def plot_sweep(records: list[dict], out: str | Path) -> list[Path]:
     for name, panels in (("accuracy_vs_sigma.png", [AVERAGE]), ("per_task.png", tasks)):
         columns = min(len(panels), 3)
         rows_count = -(-len(panels) // columns)
-        figure, axes = plt.subplots(rows_count, columns, figsize=(4.5 * columns, 3.4 * rows_count),
-                                    squeeze=False)
+        figure, axes = plt.subplots(
+            rows_count, columns, figsize=(4.5 * columns, 3.4 * rows_count), squeeze=False
+        )
         for axis, panel in zip(axes.flat, panels, strict=False):
             for method in methods:
-                points = sorted((r["sigma"], r["tasks"][panel]) for r in rows
-                                if r["method"] == method and panel in r["tasks"])
+                points = sorted(
+                    (r["sigma"], r["tasks"][panel])
+                    for r in rows
+                    if r["method"] == method and panel in r["tasks"]
+                )
                 if points:
-                    axis.errorbar([p[0] for p in points], [p[1]["mean"] for p in points],
-                                  yerr=[p[1]["std"] for p in points], marker="o", capsize=3,
-                                  label=method)
+                    axis.errorbar(
+                        [p[0] for p in points],
+                        [p[1]["mean"] for p in points],
+                        yerr=[p[1]["std"] for p in points],
+                        marker="o",
+                        capsize=3,
+                        label=method,
+                    )
             axis.set_title(panel)
             axis.set_xlabel("sigma (tile-64 Gaussian, x max|W_tile|)")
             axis.set_ylabel("accuracy (%)")
             axis.grid(alpha=0.3)
-        for axis in list(axes.flat)[len(panels):]:
+        for axis in list(axes.flat)[len(panels) :]:
             axis.set_visible(False)
         axes.flat[0].legend()
         figure.tight_layout()

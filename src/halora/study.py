@@ -144,15 +144,18 @@ def _arm(name: str, values: dict, path: str | Path) -> Arm:
     unknown = sorted(set(values) - TrainSettings.keys())
     if unknown:
         raise UsageError(f"study file {path}: arm {name} has unknown keys {', '.join(unknown)}")
-    settings = {k: tuple(part.strip() for part in v.split(",")) if k == "noise_targets" else v
-                for k, v in values.items()}
+    settings = {
+        k: tuple(part.strip() for part in v.split(",")) if k == "noise_targets" else v
+        for k, v in values.items()
+    }
     TrainSettings(**{**settings, "method": method})  # bad values fail now, not mid-study
     return Arm(name, method, settings, rank, family)
 
 
 def _train_settings(study: StudySettings, arm: Arm, seed: int) -> TrainSettings:
-    return TrainSettings(**{**study.base, **arm.settings, "method": arm.method, "seed": seed,
-                            "progress": False})
+    return TrainSettings(
+        **{**study.base, **arm.settings, "method": arm.method, "seed": seed, "progress": False}
+    )
 
 
 def run_study(study: StudySettings, out: str | Path, log=print) -> dict:
@@ -162,21 +165,46 @@ def run_study(study: StudySettings, out: str | Path, log=print) -> dict:
     tasks = load_tasks(study.tasks)
     examples = [e for task in tasks for e in task.examples("train", study.train_n)]
 
-    log(f"study: {len(study.arms)} arms; selecting on the validation split at sigma "
-        f"{', '.join(f'{s:g}' for s in study.select_sigmas)}")
+    log(
+        f"study: {len(study.arms)} arms; selecting on the validation split at sigma "
+        f"{', '.join(f'{s:g}' for s in study.select_sigmas)}"
+    )
     selection_adapters = [(arm.name, _trained(study, arm, 0, examples, out, log)) for arm in study.arms]
-    selection = _sweep(study, tasks, selection_adapters, out / "select", split="val",
-                       sigmas=study.select_sigmas, extra=(), seeds=study.select_seeds,
-                       n=study.val_n, scorer="loglik")
+    selection = _sweep(
+        study,
+        tasks,
+        selection_adapters,
+        out / "select",
+        split="val",
+        sigmas=study.select_sigmas,
+        extra=(),
+        seeds=study.select_seeds,
+        n=study.val_n,
+        scorer="loglik",
+    )
     chosen = choose_arms(study, selection)
     log("chosen on validation: " + ", ".join(f"{m}: {a}" for m, a in chosen.items()))
 
-    final_adapters = [(f"{arm}@{seed}", _trained(study, _arm_named(study, arm), seed, examples, out, log))
-                      for arm in chosen.values() for seed in range(study.train_seeds)]
-    finals = {scorer: _sweep(study, tasks, final_adapters, out / f"final-{scorer}", split="test",
-                             sigmas=study.test_sigmas, extra=(study.saf,) if study.saf else (),
-                             seeds=study.test_seeds, n=study.test_n, scorer=scorer)
-              for scorer in study.scorers}
+    final_adapters = [
+        (f"{arm}@{seed}", _trained(study, _arm_named(study, arm), seed, examples, out, log))
+        for arm in chosen.values()
+        for seed in range(study.train_seeds)
+    ]
+    finals = {
+        scorer: _sweep(
+            study,
+            tasks,
+            final_adapters,
+            out / f"final-{scorer}",
+            split="test",
+            sigmas=study.test_sigmas,
+            extra=(study.saf,) if study.saf else (),
+            seeds=study.test_seeds,
+            n=study.test_n,
+            scorer=scorer,
+        )
+        for scorer in study.scorers
+    }
     report = build_report(study, chosen, selection, finals)
     files.write_json(out / "results.json", report)
     files.write_text(out / "report.md", report_markdown(report))
@@ -196,22 +224,33 @@ def _trained(study: StudySettings, arm: Arm, seed: int, examples, out: Path, log
     log(f"  training {arm.name} (seed {seed})")
     model, tokenizer = load_model(study.model)
     rank = arm.rank or study.rank
-    train(model, tokenizer, examples, folder, _train_settings(study, arm, seed),
-          LoraSettings(rank=rank, alpha=2.0 * rank), model_name=model_label(study.model),
-          resume=resume,
-          extra_metadata={"study_arm": asdict(arm)})
+    train(
+        model,
+        tokenizer,
+        examples,
+        folder,
+        _train_settings(study, arm, seed),
+        LoraSettings(rank=rank, alpha=2.0 * rank),
+        model_name=model_label(study.model),
+        resume=resume,
+        extra_metadata={"study_arm": asdict(arm)},
+    )
     return str(folder)
 
 
-def _sweep(study, tasks, adapters, out: Path, split: str, sigmas, extra, seeds: int, n: int,
-           scorer: str) -> list[dict]:
+def _sweep(
+    study, tasks, adapters, out: Path, split: str, sigmas, extra, seeds: int, n: int, scorer: str
+) -> list[dict]:
     model, tokenizer = load_model(study.model)
     model = load_adapters(model, adapters)
-    plan = SweepPlan(conditions=tuple(conditions_from(tuple(sigmas), TEMPLATE, tuple(extra))),
-                     seeds=tuple(range(seeds)), adapters=tuple(adapters),
-                     tasks=tuple(t.name for t in tasks),
-                     eval=EvalSettings(n=n, batch_size=32, scorer=scorer, split=split, progress=True),
-                     model=model_label(study.model))
+    plan = SweepPlan(
+        conditions=tuple(conditions_from(tuple(sigmas), TEMPLATE, tuple(extra))),
+        seeds=tuple(range(seeds)),
+        adapters=tuple(adapters),
+        tasks=tuple(t.name for t in tasks),
+        eval=EvalSettings(n=n, batch_size=32, scorer=scorer, split=split, progress=True),
+        model=model_label(study.model),
+    )
     return run_sweep(model, tokenizer, tasks, plan, out)
 
 
@@ -224,8 +263,10 @@ def choose_arms(study: StudySettings, records: list[dict]) -> dict[str, str]:
         (clean if record["noise"] == "clean" else score)[record["method"]].append(record["accuracy"])
     best: dict[str, tuple[tuple[float, float], str]] = {}
     for arm in study.arms:
-        key = (statistics.fmean(score[arm.name]) if score[arm.name] else 0.0,
-               statistics.fmean(clean[arm.name]) if clean[arm.name] else 0.0)
+        key = (
+            statistics.fmean(score[arm.name]) if score[arm.name] else 0.0,
+            statistics.fmean(clean[arm.name]) if clean[arm.name] else 0.0,
+        )
         if arm.group not in best or key > best[arm.group][0]:
             best[arm.group] = (key, arm.name)
     return {group: name for group, (_, name) in best.items()}
@@ -241,9 +282,15 @@ def _item_tables(records: list[dict]) -> dict:
 
     trains = sorted({r["method"] for r in records})
     tasks = sorted({r["task"] for r in records})
-    return {task: np.array([np.mean([_items(r) for r in records
-                                     if r["task"] == task and r["method"] == t], axis=0)
-                            for t in trains]) for task in tasks}
+    return {
+        task: np.array(
+            [
+                np.mean([_items(r) for r in records if r["task"] == task and r["method"] == t], axis=0)
+                for t in trains
+            ]
+        )
+        for task in tasks
+    }
 
 
 def _resampled_means(tables: dict, picks, items) -> float:
@@ -263,8 +310,9 @@ def bootstrap_mean_ci(records: list[dict], resamples: int, seed: int = 0) -> tup
     return bootstrap_delta_ci(records, None, resamples, seed)
 
 
-def bootstrap_delta_ci(records: list[dict], reference: list[dict] | None, resamples: int,
-                       seed: int = 0) -> tuple[float, float, float]:
+def bootstrap_delta_ci(
+    records: list[dict], reference: list[dict] | None, resamples: int, seed: int = 0
+) -> tuple[float, float, float]:
     """Accuracy (%) of `records` minus that of `reference` (or alone when None), with a 95 %
     interval. Paired over test items: both sides are scored on the same items, so each
     resample draws one set of item indices for both; training seeds are drawn per side.
@@ -293,24 +341,43 @@ def bootstrap_delta_ci(records: list[dict], reference: list[dict] | None, resamp
     return point, float(low), float(high)
 
 
-def build_report(study: StudySettings, chosen: dict[str, str], selection: list[dict],
-                 finals: dict[str, list[dict]]) -> dict:
-    report: dict[str, Any] = {"study": _describe(study), "chosen": chosen,
-                              "selection": _selection_table(selection), "final": {}}
+def build_report(
+    study: StudySettings, chosen: dict[str, str], selection: list[dict], finals: dict[str, list[dict]]
+) -> dict:
+    report: dict[str, Any] = {
+        "study": _describe(study),
+        "chosen": chosen,
+        "selection": _selection_table(selection),
+        "final": {},
+    }
     for scorer, records in finals.items():
         rows = []
-        conditions = sorted({(r["noise"], r["spec"], r["sigma"]) for r in records},
-                            key=lambda c: (c[0] != "clean", c[0], c[2] if c[2] is not None else 9))
+        conditions = sorted(
+            {(r["noise"], r["spec"], r["sigma"]) for r in records},
+            key=lambda c: (c[0] != "clean", c[0], c[2] if c[2] is not None else 9),
+        )
         for method, arm in chosen.items():
             for noise, spec, sigma in conditions:
                 cells = _cells(records, arm, spec)
                 mean, low, high = bootstrap_mean_ci(cells, study.bootstrap)
                 delta, delta_low, delta_high = bootstrap_delta_ci(
-                    cells, _cells(records, chosen[study.baseline], spec), study.bootstrap)
-                rows.append({"method": method, "arm": arm, "noise": noise, "spec": spec, "sigma": sigma,
-                             "accuracy": mean, "ci95": [low, high],
-                             "delta_vs_baseline": delta, "delta_ci95": [delta_low, delta_high],
-                             "chip_std": _chip_std(cells), "cells": len(cells)})
+                    cells, _cells(records, chosen[study.baseline], spec), study.bootstrap
+                )
+                rows.append(
+                    {
+                        "method": method,
+                        "arm": arm,
+                        "noise": noise,
+                        "spec": spec,
+                        "sigma": sigma,
+                        "accuracy": mean,
+                        "ci95": [low, high],
+                        "delta_vs_baseline": delta,
+                        "delta_ci95": [delta_low, delta_high],
+                        "chip_std": _chip_std(cells),
+                        "cells": len(cells),
+                    }
+                )
         report["final"][scorer] = {"rows": rows, "recovery": _recoveries(rows, study.baseline)}
     return report
 
@@ -354,23 +421,38 @@ def _selection_table(records: list[dict]) -> list[dict]:
 
 
 def report_markdown(report: dict) -> str:
-    lines = ["# halora robustness study", "",
-             "Selection on the validation split; everything below on the test split.", "",
-             "## Selection (validation accuracy %, mean over chips and tasks)", "",
-             "| arm | chip | accuracy |", "|---|---|---|"]
-    lines += [f"| {r['arm']} | {r['spec']} | {r['accuracy']:.1f} |"
-              for r in sorted(report["selection"], key=lambda r: (r["spec"], -r["accuracy"]))]
+    lines = [
+        "# halora robustness study",
+        "",
+        "Selection on the validation split; everything below on the test split.",
+        "",
+        "## Selection (validation accuracy %, mean over chips and tasks)",
+        "",
+        "| arm | chip | accuracy |",
+        "|---|---|---|",
+    ]
+    lines += [
+        f"| {r['arm']} | {r['spec']} | {r['accuracy']:.1f} |"
+        for r in sorted(report["selection"], key=lambda r: (r["spec"], -r["accuracy"]))
+    ]
     lines += ["", "Chosen: " + ", ".join(f"{m} → {a}" for m, a in report["chosen"].items())]
     for scorer, final in report["final"].items():
-        lines += ["", f"## Test accuracy % ({scorer} scoring), 95 % bootstrap CI, chip-seed std", "",
-                  f"Δ is the difference to {report['study']['baseline']} on the same chips, with a "
-                  "95 % interval paired over test items.", "",
-                  "| method (arm) | chip | accuracy | 95 % CI | Δ | Δ 95 % CI | chip std |",
-                  "|---|---|---|---|---|---|---|"]
-        lines += [f"| {r['method']} ({r['arm']}) | {r['spec']} | {r['accuracy']:.1f} | "
-                  f"{r['ci95'][0]:.1f} … {r['ci95'][1]:.1f} | {r['delta_vs_baseline']:+.1f} | "
-                  f"{r['delta_ci95'][0]:+.1f} … {r['delta_ci95'][1]:+.1f} | {r['chip_std']:.1f} |"
-                  for r in final["rows"]]
+        lines += [
+            "",
+            f"## Test accuracy % ({scorer} scoring), 95 % bootstrap CI, chip-seed std",
+            "",
+            f"Δ is the difference to {report['study']['baseline']} on the same chips, with a "
+            "95 % interval paired over test items.",
+            "",
+            "| method (arm) | chip | accuracy | 95 % CI | Δ | Δ 95 % CI | chip std |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r['method']} ({r['arm']}) | {r['spec']} | {r['accuracy']:.1f} | "
+            f"{r['ci95'][0]:.1f} … {r['ci95'][1]:.1f} | {r['delta_vs_baseline']:+.1f} | "
+            f"{r['delta_ci95'][0]:+.1f} … {r['delta_ci95'][1]:+.1f} | {r['chip_std']:.1f} |"
+            for r in final["rows"]
+        ]
         lines += ["", "Recovery ratio (method − lora on chip) / (lora clean − lora on chip):", ""]
         for spec, ratios in final["recovery"].items():
             text = ", ".join(f"{m} {v:.2f}" if v is not None else f"{m} n/a" for m, v in ratios.items())

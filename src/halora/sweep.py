@@ -62,8 +62,10 @@ class Condition:
 def conditions_from(sigmas: tuple[float, ...], template: str, extra: tuple[str, ...]) -> list[Condition]:
     """The clean reference, the template at each sigma, then the extra specs."""
     if "{sigma}" not in template:
-        raise UsageError(f"noise template {template!r} needs a {{sigma}} placeholder, "
-                         "e.g. gaussian:sigma={sigma},scale=tile,tile=64")
+        raise UsageError(
+            f"noise template {template!r} needs a {{sigma}} placeholder, "
+            "e.g. gaussian:sigma={sigma},scale=tile,tile=64"
+        )
     specs = [template.format(sigma=sigma) for sigma in sigmas] + list(extra)
     conditions = [Condition.of(CLEAN)] + [Condition.of(spec) for spec in specs]
     return list(dict.fromkeys(conditions))  # drop repeats, keep order
@@ -80,13 +82,21 @@ class SweepPlan:
 
     def chips(self) -> list[tuple[Condition, int]]:
         """Every chip to program: the clean reference once, each noise condition per seed."""
-        return [(c, 0) if c.is_clean else (c, s) for c in self.conditions
-                for s in ((0,) if c.is_clean else self.seeds)]
+        return [
+            (c, 0) if c.is_clean else (c, s)
+            for c in self.conditions
+            for s in ((0,) if c.is_clean else self.seeds)
+        ]
 
     def manifest(self) -> dict:
-        return {"model": self.model, "conditions": [asdict(c) for c in self.conditions],
-                "seeds": list(self.seeds), "adapters": [list(a) for a in self.adapters],
-                "tasks": list(self.tasks), "eval": asdict(self.eval) | {"progress": None}}
+        return {
+            "model": self.model,
+            "conditions": [asdict(c) for c in self.conditions],
+            "seeds": list(self.seeds),
+            "adapters": [list(a) for a in self.adapters],
+            "tasks": list(self.tasks),
+            "eval": asdict(self.eval) | {"progress": None},
+        }
 
 
 def cell_key(method: str, task: str, spec: str, seed: int) -> str:
@@ -121,14 +131,24 @@ def check_manifest(out: Path, plan: SweepPlan) -> None:
     if path.exists():
         found = json.loads(path.read_text(encoding="utf-8"))
         if found != wanted:
-            raise UsageError(f"{out} holds a different sweep ({MANIFEST} differs): "
-                             "use a new --out, or the same settings to resume")
+            raise UsageError(
+                f"{out} holds a different sweep ({MANIFEST} differs): "
+                "use a new --out, or the same settings to resume"
+            )
     else:
         files.write_json(path, wanted)
 
 
-def run_sweep(model, tokenizer, tasks: list[Task], plan: SweepPlan, out: str | Path,
-              placement: Placement = Placement(), rank: int = 0, world: int = 1) -> list[dict]:
+def run_sweep(
+    model,
+    tokenizer,
+    tasks: list[Task],
+    plan: SweepPlan,
+    out: str | Path,
+    placement: Placement = Placement(),
+    rank: int = 0,
+    world: int = 1,
+) -> list[dict]:
     """Evaluate this rank's share of the chips; return the records it holds (cached + new).
 
     `model` is a PeftModel holding every adapter of the plan under its method label, or a
@@ -141,13 +161,18 @@ def run_sweep(model, tokenizer, tasks: list[Task], plan: SweepPlan, out: str | P
     cache = CellCache(out / f"cells-rank{rank}.jsonl")
     examples = {task.name: task.examples(plan.eval.split, plan.eval.n) for task in tasks}
     my_chips = plan.chips()[rank::world]
-    progress = tqdm(total=len(my_chips) * len(plan.adapters) * len(tasks), desc="sweep",
-                    disable=not plan.eval.progress)
+    progress = tqdm(
+        total=len(my_chips) * len(plan.adapters) * len(tasks), desc="sweep", disable=not plan.eval.progress
+    )
     chip: Chip | None = None
     try:
         for condition, seed in my_chips:
-            todo = [(method, task) for method, _ in plan.adapters for task in tasks
-                    if cell_key(method, task.name, condition.spec, seed) not in cache.records]
+            todo = [
+                (method, task)
+                for method, _ in plan.adapters
+                for task in tasks
+                if cell_key(method, task.name, condition.spec, seed) not in cache.records
+            ]
             progress.update(len(plan.adapters) * len(tasks) - len(todo))
             if not todo:
                 continue
@@ -155,9 +180,17 @@ def run_sweep(model, tokenizer, tasks: list[Task], plan: SweepPlan, out: str | P
             for method, task in todo:
                 with _using_adapter(model, method):
                     score = evaluate_task(model, tokenizer, task, plan.eval, examples[task.name])
-                cache.add({"key": cell_key(method, task.name, condition.spec, seed),
-                           "method": method, "noise": condition.noise, "spec": condition.spec,
-                           "sigma": condition.sigma, "seed": seed, **score.to_json()})
+                cache.add(
+                    {
+                        "key": cell_key(method, task.name, condition.spec, seed),
+                        "method": method,
+                        "noise": condition.noise,
+                        "spec": condition.spec,
+                        "sigma": condition.sigma,
+                        "seed": seed,
+                        **score.to_json(),
+                    }
+                )
                 progress.update(1)
     finally:
         if chip is not None:
@@ -166,8 +199,7 @@ def run_sweep(model, tokenizer, tasks: list[Task], plan: SweepPlan, out: str | P
     return list(cache.records.values())
 
 
-def _program(chip: Chip | None, model, condition: Condition, seed: int,
-             placement: Placement) -> Chip:
+def _program(chip: Chip | None, model, condition: Condition, seed: int, placement: Placement) -> Chip:
     """Program (or re-program, reusing the stash of clean weights) the chip for one cell group."""
     if chip is None:
         return Chip(model, condition.spec, seed, placement)

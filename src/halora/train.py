@@ -144,15 +144,15 @@ def _check_types(settings) -> None:
         if isinstance(value, bool) and expected is not bool:
             ok = False
         if not ok:
-            raise UsageError(f"training setting {spec.name} must be a {expected.__name__}, "
-                             f"got {value!r}")
+            raise UsageError(f"training setting {spec.name} must be a {expected.__name__}, got {value!r}")
 
 
 class PairDataset(Dataset):
     """Tokenized prompt/answer examples; labels are -100 on the prompt unless train_on_inputs."""
 
-    def __init__(self, examples, tokenizer: PreTrainedTokenizerBase, max_length: int,
-                 train_on_inputs: bool = False) -> None:
+    def __init__(
+        self, examples, tokenizer: PreTrainedTokenizerBase, max_length: int, train_on_inputs: bool = False
+    ) -> None:
         if not examples:
             raise UsageError("no training examples: check --tasks and --train-n")
         self.items = []
@@ -161,8 +161,13 @@ class PairDataset(Dataset):
             labels = list(encoded.input_ids)
             if not train_on_inputs:
                 labels[: encoded.answer_start] = [-100] * encoded.answer_start
-            self.items.append({"input_ids": encoded.input_ids,
-                               "attention_mask": [1] * len(encoded.input_ids), "labels": labels})
+            self.items.append(
+                {
+                    "input_ids": encoded.input_ids,
+                    "attention_mask": [1] * len(encoded.input_ids),
+                    "labels": labels,
+                }
+            )
 
     def __len__(self) -> int:
         return len(self.items)
@@ -264,8 +269,11 @@ class HaloraTrainer(Trainer):
         if mu == 0.0 or not model.training:
             return result
         loss, outputs = result if return_outputs else (result, None)
-        reg = halora_regularizer(lora_factors(self.accelerator.unwrap_model(model)),
-                                 self.settings.reduction, self.settings.reg_scaled)
+        reg = halora_regularizer(
+            lora_factors(self.accelerator.unwrap_model(model)),
+            self.settings.reduction,
+            self.settings.reg_scaled,
+        )
         self._reg_sum += float(reg.detach())
         self._reg_count += 1
         # The task loss may already be normalised over the whole accumulated batch; then the
@@ -279,7 +287,8 @@ class HaloraTrainer(Trainer):
         if self.loss_is_scaled_for_ga is not None:
             return self.loss_is_scaled_for_ga
         return (self.model_accepts_loss_kwargs and num_items_in_batch is not None) or (
-            self.compute_loss_func is not None)
+            self.compute_loss_func is not None
+        )
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if self._reg_count and "loss" in logs:
@@ -298,10 +307,18 @@ class TrainResult:
     draws: list[tuple[int, int]] = field(default_factory=list)
 
 
-def train(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, examples, out_dir: str | Path,
-          settings: TrainSettings = TrainSettings(), lora: LoraSettings = LoraSettings(),
-          placement: Placement = Placement(), model_name: str = "",
-          resume: bool = False, extra_metadata: dict | None = None) -> TrainResult:
+def train(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    examples,
+    out_dir: str | Path,
+    settings: TrainSettings = TrainSettings(),
+    lora: LoraSettings = LoraSettings(),
+    placement: Placement = Placement(),
+    model_name: str = "",
+    resume: bool = False,
+    extra_metadata: dict | None = None,
+) -> TrainResult:
     """Train an adapter on `examples`; write it (PEFT format) and halora.json to out_dir."""
     out = Path(out_dir)
     _check_out_dir(out, resume)
@@ -314,8 +331,11 @@ def train(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, examples, 
     callbacks: list[TrainerCallback] = [JsonlLog(out / LOG_FILE)]
     injection = None
     if settings.injects_noise:
-        noise_placement = (dataclasses.replace(placement, rram_targets=settings.noise_targets)
-                           if settings.noise_targets else placement)
+        noise_placement = (
+            dataclasses.replace(placement, rram_targets=settings.noise_targets)
+            if settings.noise_targets
+            else placement
+        )
         injection = NoiseInjection(peft_model, settings, noise_placement)
         callbacks.insert(0, injection)
     trainer = HaloraTrainer(
@@ -336,12 +356,17 @@ def train(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, examples, 
             injection.close()  # the base is clean again even if training failed
     if trainer.is_world_process_zero():
         peft_model.save_pretrained(out)  # the adapter only: A and B, never the noisy base
-        files.write_json(out / SIDECAR, sidecar(settings, lora, placement, model_name, base_hash,
-                                                extra_metadata or {}))
+        files.write_json(
+            out / SIDECAR, sidecar(settings, lora, placement, model_name, base_hash, extra_metadata or {})
+        )
     log = [record for record in trainer.state.log_history if "loss" in record]
-    return TrainResult(out, trainer.state.global_step,
-                       log[-1]["loss"] if log else math.nan, log,
-                       injection.draws if injection else [])
+    return TrainResult(
+        out,
+        trainer.state.global_step,
+        log[-1]["loss"] if log else math.nan,
+        log,
+        injection.draws if injection else [],
+    )
 
 
 def resume_or_clear(folder: Path) -> bool:
@@ -368,9 +393,11 @@ def _check_out_dir(out: Path, resume: bool) -> None:
 
 
 # transformers 5 renamed gradient_checkpointing (now a deprecated alias) to activation_checkpointing.
-_CHECKPOINTING = ("activation_checkpointing"
-                  if "activation_checkpointing" in {f.name for f in fields(TrainingArguments)}
-                  else "gradient_checkpointing")
+_CHECKPOINTING = (
+    "activation_checkpointing"
+    if "activation_checkpointing" in {f.name for f in fields(TrainingArguments)}
+    else "gradient_checkpointing"
+)
 
 
 def _training_arguments(out: Path, settings: TrainSettings) -> TrainingArguments:
@@ -410,15 +437,17 @@ def _refuse_sharded_noise(trainer: Trainer) -> None:
         raise UsageError(
             "noise injection writes per-tile noise into whole base weights, which FSDP and "
             "ZeRO-3 shard: train noisy/halora/curriculum with DDP or DeepSpeed ZeRO-1/2 "
-            "(the frozen base is small next to the GPU), or use method lora/reg")
+            "(the frozen base is small next to the GPU), or use method lora/reg"
+        )
 
 
 def weights_hash(model: torch.nn.Module) -> str:
     """sha256 over the base model's named tensors: ties an adapter to the weights it was
     trained on. Adapter tensors are left out, so the hash is the same with or without one."""
     digest = hashlib.sha256()
-    base = {canonical_name(name): tensor for name, tensor in model.state_dict().items()
-            if "lora_" not in name}
+    base = {
+        canonical_name(name): tensor for name, tensor in model.state_dict().items() if "lora_" not in name
+    }
     for name, tensor in sorted(base.items()):
         digest.update(name.encode())
         digest.update(str(tensor.dtype).encode())
@@ -426,8 +455,14 @@ def weights_hash(model: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
-def sidecar(settings: TrainSettings, lora: LoraSettings, placement: Placement, model_name: str,
-            base_hash: str, extra: dict) -> dict:
+def sidecar(
+    settings: TrainSettings,
+    lora: LoraSettings,
+    placement: Placement,
+    model_name: str,
+    base_hash: str,
+    extra: dict,
+) -> dict:
     """What PEFT's adapter_config.json cannot hold: how the adapter was trained."""
     import peft
     import transformers
@@ -443,8 +478,12 @@ def sidecar(settings: TrainSettings, lora: LoraSettings, placement: Placement, m
         "placement": asdict(placement),
         "base_model": model_name,
         "base_model_sha256": base_hash,
-        "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                     "transformers": transformers.__version__, "peft": peft.__version__},
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "peft": peft.__version__,
+        },
         "command": sys.argv,
         **extra,
     }

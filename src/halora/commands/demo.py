@@ -8,8 +8,10 @@ from dataclasses import replace
 from halora.commands.common import add_settings_arguments, settings_from
 from halora.demo import DEMO, QUICK, DemoSettings, default_out, run_demo
 
-HELP = ("Train lora / noisy / halora adapters on SmolLM2-135M, sweep them over simulated RRAM "
-        "chips, print the table and the energy bill (about 15 min on 2 CPU cores; --quick about 5).")
+HELP = (
+    "Train lora / noisy / halora adapters on SmolLM2-135M, sweep them over simulated RRAM "
+    "chips, print the table and the energy bill (about 15 min on 2 CPU cores; --quick about 5)."
+)
 
 SETTING_HELP = {
     "model": "model name or folder",
@@ -25,26 +27,45 @@ SETTING_HELP = {
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", help="output folder (default: a new runs/demo-DATE folder); "
-                                      "an existing demo folder is resumed")
-    parser.add_argument("--quick", action="store_true",
-                        help="fewer steps, items and seeds: the same pipeline in about 5 minutes")
+    parser.add_argument(
+        "--out",
+        help="output folder (default: a new runs/demo-DATE folder); an existing demo folder is resumed",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="fewer steps, items and seeds: the same pipeline in about 5 minutes",
+    )
     parser.add_argument("--with-reg", action="store_true", help="also train the reg-only ablation")
-    parser.add_argument("--with-curriculum", action="store_true",
-                        help="also train curriculum, the study's best method (adds about 4 min)")
+    parser.add_argument(
+        "--with-curriculum",
+        action="store_true",
+        help="also train curriculum, the study's best method (adds about 4 min)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    add_settings_arguments(parser, DemoSettings, SETTING_HELP, "demo settings (override the preset)",
-                           default_note="default: the preset's")
+    add_settings_arguments(
+        parser,
+        DemoSettings,
+        SETTING_HELP,
+        "demo settings (override the preset)",
+        default_note="default: the preset's",
+    )
     parser.set_defaults(**{name: None for name in DemoSettings.__dataclass_fields__})
 
 
 def run(args: argparse.Namespace) -> int:
     preset = QUICK if args.quick else DEMO
-    given = {name: value for name, value in vars(args).items()
-             if name in DemoSettings.__dataclass_fields__ and value is not None}
+    given = {
+        name: value
+        for name, value in vars(args).items()
+        if name in DemoSettings.__dataclass_fields__ and value is not None
+    }
     settings = settings_from(argparse.Namespace(), DemoSettings, **{**vars_of(preset), **given})
-    extra = [m for m, wanted in (("reg", args.with_reg), ("curriculum", args.with_curriculum))
-             if wanted and m not in settings.methods]
+    extra = [
+        m
+        for m, wanted in (("reg", args.with_reg), ("curriculum", args.with_curriculum))
+        if wanted and m not in settings.methods
+    ]
     settings = replace(settings, methods=(*settings.methods, *extra))
     run_demo(settings, args.out or default_out(), progress=not args.no_progress)
     return 0

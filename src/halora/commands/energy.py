@@ -34,27 +34,41 @@ DESIGN_LABELS = {"hybrid": "hybrid CIM", "rram_only": "RRAM-only", "sram_only": 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     # Numbers are read as text and checked in run(), so bad input is one UsageError line.
-    parser.add_argument("--model", default="llama-3.2-1b",
-                        help="bundled name (llama-3.2-1b, llama-3.2-3b, qwen2.5-0.5b, "
-                             "smollm2-135m), a config.json or a model folder")
+    parser.add_argument(
+        "--model",
+        default="llama-3.2-1b",
+        help="bundled name (llama-3.2-1b, llama-3.2-3b, qwen2.5-0.5b, "
+        "smollm2-135m), a config.json or a model folder",
+    )
     parser.add_argument("--tokens", default="512", help="tokens processed (default 512)")
-    parser.add_argument("--phase", default="prefill",
-                        help="prefill: one pass over the tokens (the paper's reading, default); "
-                             "decode: generate them one at a time")
-    parser.add_argument("--prompt", default="0",
-                        help="decode only: tokens already in the key/value cache (default 0)")
-    parser.add_argument("--preset", default=DEFAULT_PRESET,
-                        help="hardware preset: paper (default), exact, or a TOML file")
-    parser.add_argument("--preset-file", metavar="FILE",
-                        help="TOML file whose figures override the preset's")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override one preset figure, e.g. rram.adc_bits=10 (repeatable)")
+    parser.add_argument(
+        "--phase",
+        default="prefill",
+        help="prefill: one pass over the tokens (the paper's reading, default); "
+        "decode: generate them one at a time",
+    )
+    parser.add_argument(
+        "--prompt", default="0", help="decode only: tokens already in the key/value cache (default 0)"
+    )
+    parser.add_argument(
+        "--preset", default=DEFAULT_PRESET, help="hardware preset: paper (default), exact, or a TOML file"
+    )
+    parser.add_argument("--preset-file", metavar="FILE", help="TOML file whose figures override the preset's")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one preset figure, e.g. rram.adc_bits=10 (repeatable)",
+    )
     parser.add_argument("--rank", default="4", help="LoRA rank (default 4)")
-    parser.add_argument("--targets", default=",".join(PAPER_TARGETS),
-                        help=f"comma-separated LoRA targets (default {','.join(PAPER_TARGETS)})")
+    parser.add_argument(
+        "--targets",
+        default=",".join(PAPER_TARGETS),
+        help=f"comma-separated LoRA targets (default {','.join(PAPER_TARGETS)})",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--plot", metavar="FILE",
-                        help="write a breakdown bar chart (.png, .pdf or .svg)")
+    parser.add_argument("--plot", metavar="FILE", help="write a breakdown bar chart (.png, .pdf or .svg)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -91,28 +105,32 @@ def _int_flag(text: str, flag: str, minimum: int) -> int:
 def print_report(report: EnergyReport) -> None:
     console = Console(file=sys.stdout, highlight=False)
     run = report.run
-    console.print(f"{report.model}: {run.phase} of {run.tokens} tokens, LoRA r={report.lora_rank} "
-                  f"on {','.join(report.lora_targets)}; preset {report.preset} "
-                  f"(work counted with the {report.layout!r} layout)")
+    console.print(
+        f"{report.model}: {run.phase} of {run.tokens} tokens, LoRA r={report.lora_rank} "
+        f"on {','.join(report.lora_targets)}; preset {report.preset} "
+        f"(work counted with the {report.layout!r} layout)"
+    )
     console.print(_designs_table(report))
     console.print(_breakdown_table(report))
-    console.print(f"LoRA share {report.lora_share:.2%} of the hybrid energy; "
-                  f"RRAM tiles {report.rram_share:.2%}; hybrid / {report.gpu_reference} "
-                  f"= {report.ratio:.2%}")
+    console.print(
+        f"LoRA share {report.lora_share:.2%} of the hybrid energy; "
+        f"RRAM tiles {report.rram_share:.2%}; hybrid / {report.gpu_reference} "
+        f"= {report.ratio:.2%}"
+    )
 
 
 def _designs_table(report: EnergyReport) -> Table:
     table = Table(title="energy and area")
-    for column in ("design", "energy (mJ)", "per token (µJ)", "area (mm²)",
-                   f"vs {report.gpu_reference}"):
+    for column in ("design", "energy (mJ)", "per token (µJ)", "area (mm²)", f"vs {report.gpu_reference}"):
         table.add_column(column, justify="left" if column == "design" else "right")
     reference_mj = report.gpu_mj[report.gpu_reference]
     areas = report.total_area_mm2()
     rows = [(DESIGN_LABELS[d], mj, f"{areas[d]:,.0f}") for d, mj in report.design_mj.items()]
     rows += [(f"{name} (GPU)", mj, "-") for name, mj in report.gpu_mj.items()]
     for label, mj, area in rows:
-        table.add_row(label, f"{mj:,.2f}", f"{mj * 1000 / report.run.tokens:,.1f}", area,
-                      f"{mj / reference_mj:.2%}")
+        table.add_row(
+            label, f"{mj:,.2f}", f"{mj * 1000 / report.run.tokens:,.1f}", area, f"{mj / reference_mj:.2%}"
+        )
     return table
 
 

@@ -21,8 +21,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--noise", default="none", help="chip noise spec, e.g. gaussian:sigma=0.02")
     parser.add_argument("--seed", type=int, default=0, help="chip seed")
     group = parser.add_argument_group("lm-eval")
-    group.add_argument("--lm-tasks", type=csv_list, required=True,
-                       help="lm-eval task, group or YAML path names, comma-separated, e.g. arc_easy")
+    group.add_argument(
+        "--lm-tasks",
+        type=csv_list,
+        required=True,
+        help="lm-eval task, group or YAML path names, comma-separated, e.g. arc_easy",
+    )
     group.add_argument("--include-path", help="folder of local lm-eval task YAML files")
     group.add_argument("--limit", type=int, help="at most N items per task (default: all)")
     group.add_argument("--batch-size", type=int, default=16)
@@ -40,10 +44,19 @@ def run(args: argparse.Namespace) -> int:
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
     if args.adapter:
         model = load_adapters(model, [("adapter", args.adapter)])
-    scores = evaluate_lm_eval(model, tokenizer, list(args.lm_tasks), include_path=args.include_path,
-                              noise=args.noise, seed=args.seed, placement=placement_from(args),
-                              limit=args.limit, batch_size=args.batch_size,
-                              num_fewshot=args.num_fewshot, manager=manager)
+    scores = evaluate_lm_eval(
+        model,
+        tokenizer,
+        list(args.lm_tasks),
+        include_path=args.include_path,
+        noise=args.noise,
+        seed=args.seed,
+        placement=placement_from(args),
+        limit=args.limit,
+        batch_size=args.batch_size,
+        num_fewshot=args.num_fewshot,
+        manager=manager,
+    )
     result = {"model": args.model, "adapter": args.adapter, **scores}
     if args.out:
         write_json(args.out, result)
@@ -55,10 +68,15 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _print_table(result: dict) -> None:
-    print(f"{result['model']} + {result['adapter'] or 'no adapter'} on chip {result['noise']} "
-          f"seed {result['seed']} (lm-eval {result['lm_eval_version']})")
+    print(
+        f"{result['model']} + {result['adapter'] or 'no adapter'} on chip {result['noise']} "
+        f"seed {result['seed']} (lm-eval {result['lm_eval_version']})"
+    )
     for task, metrics in result["tasks"].items():
         n = result["n_samples"].get(task, {}).get("effective")
-        shown = "  ".join(f"{name} {value:.4f}" for name, value in metrics.items()
-                          if not name.endswith("_stderr") and "_stderr," not in name)
+        shown = "  ".join(
+            f"{name} {value:.4f}"
+            for name, value in metrics.items()
+            if not name.endswith("_stderr") and "_stderr," not in name
+        )
         print(f"  {task:28s} {shown}" + (f"  (n={n})" if n is not None else ""))

@@ -38,14 +38,19 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_lora:
         model = attach_lora(model, lora_from(args))
     report = placement_report(model, placement_from(args))
-    summary = {"model": args.model, "lora": None if args.no_lora else vars(lora_from(args)),
-               **report.to_json()}
+    summary = {
+        "model": args.model,
+        "lora": None if args.no_lora else vars(lora_from(args)),
+        **report.to_json(),
+    }
     if args.json:
         print(json.dumps(summary, indent=2, default=list))
         return 0
-    print(f"{args.model}: {report.total:,} parameters, {report.rram_layers} RRAM layers "
-          f"in {report.rram_tiles:,} tiles of {report.tile[0]}x{report.tile[1]}, "
-          f"{report.lora_modules} LoRA modules")
+    print(
+        f"{args.model}: {report.total:,} parameters, {report.rram_layers} RRAM layers "
+        f"in {report.rram_tiles:,} tiles of {report.tile[0]}x{report.tile[1]}, "
+        f"{report.lora_modules} LoRA modules"
+    )
     for place, label in PLACES.items():
         print(f"  {place:8s} {report.params[place]:>14,}  {100 * report.share(place):7.3f} %  {label}")
     for note in report.notes:

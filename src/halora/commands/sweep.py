@@ -46,8 +46,9 @@ def parse_adapters(items: list[str]) -> tuple[tuple[str, str], ...]:
             pairs.append((label.strip(), folder.strip()))
     for label, _ in pairs:
         if "." in label or "@" in label:
-            raise UsageError(f"adapter label {label!r} may not contain '.' or '@': "
-                             "PEFT uses it as a module name")
+            raise UsageError(
+                f"adapter label {label!r} may not contain '.' or '@': PEFT uses it as a module name"
+            )
     labels = [label for label, _ in pairs]
     if len(set(labels)) != len(labels) or BASE in labels:
         raise UsageError(f"adapter labels must be unique and not {BASE!r}: got {', '.join(labels)}")
@@ -58,14 +59,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="TOML or YAML file whose keys are these flags")
     parser.add_argument("--out", required=True, help="sweep folder (cache, results, plots)")
     add_model_arguments(parser)
-    parser.add_argument("--adapters", action="append", default=[],
-                        help="LABEL=FOLDER[,LABEL=FOLDER...], e.g. lora=runs/a/lora,halora=runs/a/halora")
+    parser.add_argument(
+        "--adapters",
+        action="append",
+        default=[],
+        help="LABEL=FOLDER[,LABEL=FOLDER...], e.g. lora=runs/a/lora,halora=runs/a/halora",
+    )
     parser.add_argument("--base", action="store_true", help="also evaluate the model without adapter")
-    parser.add_argument("--sigmas", type=float_list, default=PAPER_SIGMAS,
-                        help="noise levels for the template (default: the paper's 0.005,0.01,0.02)")
+    parser.add_argument(
+        "--sigmas",
+        type=float_list,
+        default=PAPER_SIGMAS,
+        help="noise levels for the template (default: the paper's 0.005,0.01,0.02)",
+    )
     parser.add_argument("--noise-template", default=TEMPLATE, help="noise spec with {sigma}")
-    parser.add_argument("--extra-noise", action="append", default=[],
-                        help="another chip condition, e.g. saf:p0=0.01,p1=0.01 (repeatable)")
+    parser.add_argument(
+        "--extra-noise",
+        action="append",
+        default=[],
+        help="another chip condition, e.g. saf:p0=0.01,p1=0.01 (repeatable)",
+    )
     parser.add_argument("--seeds", type=int, default=PAPER_SEEDS, help="chip seeds per condition")
     add_eval_arguments(parser)
     add_placement_arguments(parser)
@@ -81,25 +94,36 @@ def run(args: argparse.Namespace) -> int:
     if args.seeds < 1:
         raise UsageError("--seeds must be >= 1")
     labels = ((BASE, ""),) if args.base else ()
-    plan = SweepPlan(conditions=tuple(conditions_from(tuple(args.sigmas), args.noise_template,
-                                                      tuple(args.extra_noise))),
-                     seeds=tuple(range(args.seeds)), adapters=labels + adapters,
-                     tasks=tuple(t.name for t in load_tasks(args.tasks)),
-                     eval=eval_settings_from(args, progress=state.is_main_process),
-                     model=model_label(args.model))
+    plan = SweepPlan(
+        conditions=tuple(conditions_from(tuple(args.sigmas), args.noise_template, tuple(args.extra_noise))),
+        seeds=tuple(range(args.seeds)),
+        adapters=labels + adapters,
+        tasks=tuple(t.name for t in load_tasks(args.tasks)),
+        eval=eval_settings_from(args, progress=state.is_main_process),
+        model=model_label(args.model),
+    )
     device = args.device if state.num_processes == 1 else state.device
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=device)
     model = load_adapters(model, list(adapters))
     started = time.perf_counter()
-    run_sweep(model, tokenizer, load_tasks(args.tasks), plan, args.out, placement_from(args),
-              rank=state.process_index, world=state.num_processes)
+    run_sweep(
+        model,
+        tokenizer,
+        load_tasks(args.tasks),
+        plan,
+        args.out,
+        placement_from(args),
+        rank=state.process_index,
+        world=state.num_processes,
+    )
     state.wait_for_everyone()
     if state.is_main_process:
         records = gather_records(args.out)
-        paths = write_results(args.out, records, {"title": f"halora sweep: {plan.model}",
-                                                  **plan.manifest()})
+        paths = write_results(args.out, records, {"title": f"halora sweep: {plan.model}", **plan.manifest()})
         plot_sweep(records, args.out)
         print(paths["md"].read_text(encoding="utf-8"))
-        print(f"wrote {args.out}/results.json, results.csv, summary.md and plots "
-              f"in {time.perf_counter() - started:.0f} s")
+        print(
+            f"wrote {args.out}/results.json, results.csv, summary.md and plots "
+            f"in {time.perf_counter() - started:.0f} s"
+        )
     return 0

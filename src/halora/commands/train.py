@@ -16,8 +16,10 @@ from halora.commands.common import (
 from halora.models import load_model, model_label
 from halora.train import TrainSettings, train
 
-HELP = ("Train a LoRA adapter: lora, noisy (noise injection), reg (regulariser), halora (both) or "
-        "curriculum (noise that grows over training).")
+HELP = (
+    "Train a LoRA adapter: lora, noisy (noise injection), reg (regulariser), halora (both) or "
+    "curriculum (noise that grows over training)."
+)
 
 SETTING_HELP = {
     "method": "lora | noisy | reg | halora | curriculum",
@@ -25,7 +27,7 @@ SETTING_HELP = {
     "redraw_every": "re-draw the training noise every K optimizer steps",
     "noise_seed": "seed of the training noise draws",
     "noise_ramp_steps": "grow the training noise's sigma from 0 over N steps "
-                        "(0: off; for curriculum 2/3 of the steps)",
+    "(0: off; for curriculum 2/3 of the steps)",
     "noise_targets": "layers that get training noise (default: the RRAM placement)",
     "mu": "weight of the HaLoRA regulariser",
     "reduction": "sum or mean of the regulariser over LoRA modules",
@@ -56,9 +58,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true", help="continue the run in --out")
     add_model_arguments(parser)
     group = parser.add_argument_group("data")
-    group.add_argument("--tasks", default="default",
-                       help="task spec: default (the reasoning suite), rg:NAME,..., "
-                            "commonsense:FOLDER, json:FILE (default: %(default)s)")
+    group.add_argument(
+        "--tasks",
+        default="default",
+        help="task spec: default (the reasoning suite), rg:NAME,..., "
+        "commonsense:FOLDER, json:FILE (default: %(default)s)",
+    )
     group.add_argument("--train-n", type=int, default=500, help="training items per task")
     add_settings_arguments(parser, TrainSettings, SETTING_HELP, "training")
     add_lora_arguments(parser)
@@ -75,12 +80,22 @@ def run(args: argparse.Namespace) -> int:
     tasks = load_tasks(args.tasks)
     examples = [example for task in tasks for example in task.examples("train", args.train_n)]
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
-    result = train(model, tokenizer, examples, args.out, settings, lora, placement,
-                   model_name=model_label(args.model), resume=args.resume,
-                   extra_metadata={"tasks": args.tasks, "train_n": args.train_n,
-                                   "model_arg": args.model})
+    result = train(
+        model,
+        tokenizer,
+        examples,
+        args.out,
+        settings,
+        lora,
+        placement,
+        model_name=model_label(args.model),
+        resume=args.resume,
+        extra_metadata={"tasks": args.tasks, "train_n": args.train_n, "model_arg": args.model},
+    )
     if PartialState().is_main_process:  # one line under torchrun / accelerate, not one per rank
         loss = f"{result.final_loss:.4f}" if result.log else "not logged (steps < logging steps)"
-        print(f"trained {settings.method} for {result.steps} steps, final loss {loss}; "
-              f"adapter in {result.out_dir}")
+        print(
+            f"trained {settings.method} for {result.steps} steps, final loss {loss}; "
+            f"adapter in {result.out_dir}"
+        )
     return 0
