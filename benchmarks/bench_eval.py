@@ -61,7 +61,7 @@ def child(programmed: bool, n: int) -> None:
     model, tokenizer = model_with_adapter()
     tasks = load_tasks("default")
     examples = {t.name: t.examples("test", n) for t in tasks}
-    settings = EvalSettings(n=n, batch_size=32)
+    settings = EvalSettings(items=n, eval_batch_size=32)
     chip = Chip(model, SPEC, seed=0) if programmed else None
     score_suite(model, tokenizer, tasks, examples, settings)
     if chip is not None:
@@ -104,7 +104,7 @@ def main() -> None:
     model, tokenizer = model_with_adapter()
     tasks = load_tasks("default")
     examples = {t.name: t.examples("test", n) for t in tasks}
-    settings = EvalSettings(n=n, batch_size=32)
+    settings = EvalSettings(items=n, eval_batch_size=32)
     score_suite(model, tokenizer, tasks, examples, settings)  # warm-up
     chip = Chip(model, "none", seed=0)
     rates: dict[str, list[float]] = {"clean": [], "programmed": []}

@@ -19,7 +19,7 @@ loading is excluded: two clocks hooked into the Trainer record each step's begin
 Target: ratio_k400 <= 1.05 (meets_target on wall time, meets_target_cpu on CPU time).
 The first two steps of every run are warm-up and dropped.
 
-    .venv/bin/python benchmarks/bench_train.py            # all four methods, about 8-9 min on 2 cores
+    .venv/bin/python benchmarks/bench_train.py            # all five methods, about 8-9 min on 2 cores
     .venv/bin/python benchmarks/bench_train.py --quick    # lora and halora only, about 2-3 min
 """
 
@@ -305,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
                 "data": data,
                 "examples": len(examples),
                 "lora": asdict(LoraSettings()),
-                "noise": defaults.noise,
+                "noise": defaults.train_noise,
                 "mu": defaults.mu,
             },
             "environment": env,

@@ -29,9 +29,9 @@ def test_eval_json_on_a_programmed_chip(tmp_path, capsys):
                 tasks,
                 "--noise",
                 "gaussian:sigma=0.05",
-                "--seed",
+                "--chip-seed",
                 "3",
-                "--n",
+                "--items",
                 "8",
                 "--json",
             ]
@@ -39,7 +39,7 @@ def test_eval_json_on_a_programmed_chip(tmp_path, capsys):
         == 0
     )
     result = json.loads(capsys.readouterr().out)
-    assert result["noise"] == "gaussian:sigma=0.05,scale=tile,tile=64" and result["seed"] == 3
+    assert result["noise"] == "gaussian:sigma=0.05,scale=tile,tile=64" and result["chip_seed"] == 3
     assert result["tasks"][0]["n"] == 8 and 0.0 <= result["average"] <= 1.0
 
 
@@ -61,9 +61,9 @@ def test_demo_pipeline_on_tiny(tmp_path, capsys):
         "2",
         "--train-n",
         "8",
-        "--test-n",
+        "--items",
         "4",
-        "--seeds",
+        "--chips",
         "1",
         "--sigmas",
         "0.02",

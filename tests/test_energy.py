@@ -262,6 +262,30 @@ def test_bad_input_is_one_line_and_exit_status_2(capsys, tmp_path, flags, words)
     assert not list(tmp_path.glob("*.xyz"))
 
 
+@pytest.mark.parametrize(
+    "flag, text, words",
+    [
+        ("--preset", 'extends = "paper"\n[rram]\nadc_bits = "ten"\n', "rram.adc_bits must be an integer"),
+        (
+            "--preset",
+            'extends = "paper"\n[rram]\nadc_bitz = 8\n',
+            "'rram.adc_bitz': did you mean rram.adc_bits",
+        ),
+        ("--preset", 'extends = "paper"\n[rram]\nadc_bits = 0\n', "rram.adc_bits = 0 is out of range"),
+        ("--preset", 'name = "mine"\n', "lacks the table [workload]"),
+        ("--preset-file", "[rram]\nadc_bits = 9.5\n", "rram.adc_bits must be an integer"),
+        ("--preset-file", "[rram]\nadc_bitz = 9\n", "did you mean rram.adc_bits"),
+        ("--preset-file", "[rram\n", "cannot be parsed"),
+    ],
+)
+def test_a_bad_preset_file_is_named_with_the_dotted_key(capsys, tmp_path, flag, text, words):
+    preset = tmp_path / "mine.toml"
+    preset.write_text(text)
+    assert main(["energy", "--tokens", "16", flag, str(preset)]) == 2
+    message = capsys.readouterr().err.strip()
+    assert str(preset) in message and words in message, message
+
+
 def test_config_without_architecture_keys_is_a_usage_error(capsys, tmp_path):
     config = tmp_path / "config.json"
     config.write_text(json.dumps({"n_embd": 768, "n_layer": 12}))

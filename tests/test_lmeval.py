@@ -124,8 +124,8 @@ def test_unknown_task_is_one_line_with_suggestions(lm_eval, monkeypatch, tiny):
 @pytest.mark.parametrize(
     ("kwargs", "expected"),
     [
-        ({"limit": 0}, "--limit"),
-        ({"batch_size": 0}, "--batch-size"),
+        ({"limit": 0}, "--items"),
+        ({"batch_size": 0}, "--eval-batch-size"),
         ({"num_fewshot": -1}, "--num-fewshot"),
         ({"include_path": "/no/such/folder"}, "--include-path"),
         ({"noise": "no_such_noise"}, "no_such_noise"),
@@ -167,7 +167,7 @@ def test_command_prints_json_and_writes_the_same_file(lm_eval, tmp_path, capsys)
     attach_lora(build_tiny(), LoraSettings(rank=2)).save_pretrained(adapter)
     parser = argparse.ArgumentParser()
     lmeval.add_arguments(parser)
-    out = tmp_path / "out" / "lm.json"
+    out = tmp_path / "out"
     args = parser.parse_args(
         [
             "--model",
@@ -180,7 +180,7 @@ def test_command_prints_json_and_writes_the_same_file(lm_eval, tmp_path, capsys)
             TASK,
             "--include-path",
             str(FIXTURE),
-            "--limit",
+            "--items",
             "3",
             "--json",
             "--out",
@@ -189,7 +189,7 @@ def test_command_prints_json_and_writes_the_same_file(lm_eval, tmp_path, capsys)
     )
     assert lmeval.run(args) == 0
     printed = json.loads(capsys.readouterr().out)
-    assert printed == json.loads(out.read_text())
+    assert printed == json.loads((out / "results.json").read_text())
     assert printed["adapter"] == str(adapter) and TASK in printed["tasks"]
 
 

@@ -265,7 +265,7 @@ def test_quant_bits_means_symmetric_signed_levels():
 
 def test_wan2022_polynomial_matches_published_values():
     m = Wan2022Noise(t=1)
-    # device-models.md: about 1.6 / 2.0 / 1.1 µS at x = 0.1 / 0.5 / 1 at t = 1 s
+    # Wan 2022 via aihwkit's fit: about 1.6 / 2.0 / 1.1 µS at x = 0.1 / 0.5 / 1 at t = 1 s
     got = m.sigma_us(torch.tensor([0.1, 0.5, 1.0])).tolist()
     for value, published in zip(got, (1.6, 2.0, 1.1), strict=True):
         assert abs(value - published) < 0.06

@@ -5,8 +5,8 @@ import pytest
 
 from halora.cli import main
 from halora.errors import UsageError
+from halora.pipeline import Arm
 from halora.study import (
-    Arm,
     StudySettings,
     bootstrap_delta_ci,
     bootstrap_mean_ci,
@@ -20,13 +20,13 @@ model = "tiny"
 tasks = "json:{data}"
 train_n = 16
 select_sigmas = [0.05]
-select_seeds = 1
-val_n = 4
+select_chips = 1
+val_items = 4
 train_seeds = 2
 test_sigmas = [0.02, 0.05]
 saf = "saf:p0=0.02,p1=0.02"
-test_seeds = 2
-test_n = 6
+test_chips = 2
+test_items = 6
 bootstrap = 200
 
 [study.base]
@@ -69,7 +69,7 @@ def write_study(tmp_path, text=STUDY):
 def test_grid_expansion_and_names(tmp_path):
     study = load_study(write_study(tmp_path))
     assert [a.name for a in study.arms] == ["lora", "halora-mu0_01", "halora-mu0_1", "curriculum"]
-    assert study.arms[1].settings == {"noise": "gaussian:sigma=0.05", "mu": 0.01}
+    assert study.arms[1].settings == {"train_noise": "gaussian:sigma=0.05", "mu": 0.01}
     assert study.arms[3].group == "curriculum" and study.arms[1].group == "halora"
     assert study.test_sigmas == (0.02, 0.05)
 
@@ -78,8 +78,8 @@ def test_grid_expansion_and_names(tmp_path):
     "change, message",
     [
         ("mu = [0.01, 0.1]", None),
-        ('mu = "high"', "mu must be a float"),
-        ('colour = "red"', "unknown keys colour"),
+        ('mu = "high"', "mu must be a number"),
+        ('colour = "red"', "unknown key colour"),
     ],
 )
 def test_bad_arms(tmp_path, change, message):
@@ -171,9 +171,8 @@ def test_study_end_to_end_on_tiny(tmp_path, capsys):
 @pytest.mark.parametrize("name", ["reduced", "longer", "layers", "full"])
 def test_bundled_studies_load_and_every_arm_is_a_valid_recipe(name):
     from halora.commands.study import STUDIES
-    from halora.study import _train_settings
 
     study = load_study(STUDIES / f"{name}.toml")
     assert study.model == "smollm2-135m" and study.train_seeds >= 1
     for arm in study.arms:  # TrainSettings checks every value: a typo in a preset fails here
-        assert _train_settings(study, arm, seed=0).method == arm.method
+        assert arm.train_settings(study.base, seed=0).method == arm.method

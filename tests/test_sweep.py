@@ -44,7 +44,7 @@ def plan_for(tasks, adapters, seeds=2):
         seeds=tuple(range(seeds)),
         adapters=((BASE, ""), *adapters),
         tasks=tuple(t.name for t in tasks),
-        eval=EvalSettings(n=None),
+        eval=EvalSettings(items=None),
         model="tiny",
     )
 
@@ -137,11 +137,11 @@ def test_cli_sweep_writes_every_output(setup, capsys):
         f"lora={folders[0]},halora={folders[1]}",
         "--sigmas",
         "0.02",
-        "--seeds",
+        "--chips",
         "2",
         "--extra-noise",
         "saf:p0=0.01,p1=0.01",
-        "--n",
+        "--items",
         "9",
         "--out",
         str(out),

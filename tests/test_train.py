@@ -33,7 +33,7 @@ def quick(method: str, **overrides) -> TrainSettings:
         batch_size=8,
         lr=3e-2,
         warmup_steps=0,
-        noise="gaussian:sigma=0.02",
+        train_noise="gaussian:sigma=0.02",
         redraw_every=5,
         mu=0.01,
         logging_steps=4,
@@ -112,7 +112,7 @@ def test_adapter_round_trips_through_stock_peft(tmp_path):
     sidecar = json.loads((out / SIDECAR).read_text())
     assert sidecar["method"] == "halora" and sidecar["base_model"] == "tiny"
     assert sidecar["base_model_sha256"] == weights_hash(build_tiny())
-    assert sidecar["training"]["noise"] == "gaussian:sigma=0.02"
+    assert sidecar["training"]["train_noise"] == "gaussian:sigma=0.02"
     assert (out / "train_log.jsonl").read_text().count("\n") >= 1
 
 
@@ -159,10 +159,10 @@ def test_train_errors(tmp_path):
         train(build_tiny(), byte_tokenizer(), examples(), tmp_path / "used", quick("lora"), LORA)
     with pytest.raises(UsageError, match="nothing to resume"):
         train(build_tiny(), byte_tokenizer(), examples(), tmp_path / "new", quick("lora"), LORA, resume=True)
-    with pytest.raises(UsageError, match="unknown method"):
+    with pytest.raises(UsageError, match="method: unknown value 'dora'"):
         TrainSettings(method="dora")
     with pytest.raises(UsageError):
-        TrainSettings(noise="gaussian:sigma=abc")
+        TrainSettings(train_noise="gaussian:sigma=abc")
     with pytest.raises(UsageError, match="no training examples"):
         train(build_tiny(), byte_tokenizer(), [], tmp_path / "empty", quick("lora"), LORA)
 
@@ -189,7 +189,7 @@ def test_cli_train_with_config_file(tmp_path, capsys):
         "--no-progress",
     ]
     assert main(argv) == 2
-    assert "unknown keys no_such_key" in capsys.readouterr().err
+    assert "unknown key no_such_key" in capsys.readouterr().err
     config.write_text('method = "halora"\nsteps = 6\nmu = 0.05\nredraw-every = 2\nrank = 2\nbatch_size = 4\n')
     assert main([*argv, "--steps", "4"]) == 0
     sidecar = json.loads((out / SIDECAR).read_text())

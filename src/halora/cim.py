@@ -21,20 +21,21 @@ memory for accelerator weights, in an unlinked temporary file for CPU weights.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from torch import nn
 
 from halora.errors import UsageError
 from halora.noise import NoiseModel, parse_noise_spec, split_noise
+from halora.seeds import derive_seed
+from halora.settings import check, setting
 
 # Llama/Qwen/Gemma/Mistral names; GPT-2 style models use c_attn, c_proj, c_fc.
 DEFAULT_RRAM_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -42,7 +43,6 @@ ALL_LINEAR = "all-linear"
 _IN_BLOCK = re.compile(r"\.\d+\.")  # a module inside a ModuleList of blocks: "...layers.3.mlp..."
 _PEFT_PREFIX = "base_model.model."
 
-Place = Literal["rram", "sram", "digital"]
 Store = Literal["auto", "host", "disk"]
 
 
@@ -50,16 +50,36 @@ Store = Literal["auto", "host", "disk"]
 class Placement:
     """Which weights go onto RRAM. Everything else is SRAM (LoRA) or digital."""
 
-    # Leaf names of the block linear layers mapped to RRAM, or ("all-linear",) for every
-    # linear layer inside a block (GPT-2's Conv1D included).
-    rram_targets: tuple[str, ...] = DEFAULT_RRAM_TARGETS
+    WHAT: ClassVar[str] = "placement"
+
+    rram_targets: tuple[str, ...] = setting(
+        DEFAULT_RRAM_TARGETS,
+        f"block linear layers on RRAM (leaf names), or {ALL_LINEAR} for every linear layer in a block",
+    )
     # The paper maps the transformer blocks only; lm_head is a large matrix too and a
     # designer may want it on RRAM (it is then noisy, and untied from the embeddings).
-    lm_head: bool = False
+    lm_head: bool = setting(False, "put lm_head on RRAM too (the paper keeps it digital)")
 
     def __post_init__(self) -> None:
+        check(self)
         if not self.rram_targets:
             raise UsageError("the RRAM placement needs at least one target layer name")
+
+
+@dataclass(frozen=True)
+class ChipChoice:
+    """One programmed chip: its noise spec and its seed (the same pair, the same chip)."""
+
+    WHAT: ClassVar[str] = "chip setting"
+
+    noise: str = setting("none", "chip noise spec, e.g. gaussian:sigma=0.02 (see the README's noise table)")
+    chip_seed: int = setting(
+        0, "chip seed: the same spec and seed give the same chip", min=0, aliases=("seed",)
+    )
+
+    def __post_init__(self) -> None:
+        check(self)
+        parse_noise_spec(self.noise)  # a bad spec fails before the model loads
 
 
 def canonical_name(name: str) -> str:
@@ -184,8 +204,7 @@ def _tied_lm_head(model: nn.Module) -> bool:
 
 def layer_seed(seed: int, name: str) -> int:
     """A 63-bit seed from (chip seed, canonical layer name): order-independent draws."""
-    digest = hashlib.sha256(f"halora:{seed}:{name}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+    return derive_seed("halora", seed, name)
 
 
 def layer_generator(seed: int, name: str, device: torch.device) -> torch.Generator:

@@ -55,18 +55,40 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     config_path = getattr(args, "config", None)
     if config_path:
-        from halora.commands.common import load_config_file
-
-        config = load_config_file(config_path)
-        unknown = sorted(set(config) - set(vars(args)) - {"config"})
-        if unknown:
-            raise UsageError(
-                f"config file {config_path} has unknown keys {', '.join(unknown)}: "
-                f"use the flag names of `halora {args.command} --help`"
-            )
-        command_parsers[args.command].set_defaults(**config)
+        command_parser = command_parsers[args.command]
+        command_parser.set_defaults(**_config_defaults(config_path, command_parser, args.command))
         args = parser.parse_args(argv)
     return args
+
+
+def _config_defaults(path: str, parser: argparse.ArgumentParser, command: str) -> dict:
+    """A config file's keys (flag names, with dashes or underscores, or their aliases) as
+    typed defaults of `parser`; the file and the key are named on any error."""
+    from halora.settings import coerce, field_registry, read_config
+
+    where = f"config file {path}"
+    dests = {
+        option.lstrip("-").replace("-", "_"): action.dest
+        for action in parser._actions
+        for option in action.option_strings
+        if option.startswith("--")
+    }
+    types_of = field_registry(parser)
+    defaults = {}
+    for key, value in read_config(path).items():
+        dest = dests.get(key.replace("-", "_"))
+        if dest is None or dest in ("config", "help"):
+            raise UsageError(f"{where}: unknown key {key}; use the flag names of `halora {command} --help`")
+        if dest in types_of:
+            if isinstance(value, str) and _is_repeatable(parser, dest):
+                value = [value]
+            value = coerce(value, types_of[dest], f"{where}: {key}")
+        defaults[dest] = value
+    return defaults
+
+
+def _is_repeatable(parser: argparse.ArgumentParser, dest: str) -> bool:
+    return any(a.dest == dest and isinstance(a, argparse._AppendAction) for a in parser._actions)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,11 +1,15 @@
 """Prompt + answer to token ids, one way for training and evaluation alike.
 
 The prompt and the answer are tokenized apart and joined, so the answer's tokens are
-the same whether the model is trained on them or scored on them.
+the same whether the model is trained on them or scored on them. The prompt is tokenized
+with the tokenizer's special tokens (a beginning-of-sequence token where the model uses
+one), the answer without. When they do not fit, the prompt loses its start, never the
+answer: the end of a prompt, next to the answer, is what the answer depends on most.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from transformers import PreTrainedTokenizerBase
@@ -17,15 +21,44 @@ class Encoded:
     answer_start: int  # index of the first answer token in input_ids
 
 
+@dataclass(frozen=True)
+class EncodedChoices:
+    """A prompt and its options, to score every option after the one shared prompt."""
+
+    prompt_ids: list[int]
+    option_ids: list[list[int]]  # one list per option, never cut
+
+
+def prompt_ids(tokenizer: PreTrainedTokenizerBase, prompt: str, room: int) -> list[int]:
+    """The prompt's token ids (with special tokens), cut from the left to at most `room`."""
+    ids = tokenizer(prompt, add_special_tokens=True).input_ids
+    return ids[max(len(ids) - room, 0) :] if room > 0 else []
+
+
+def answer_ids(tokenizer: PreTrainedTokenizerBase, answer: str, add_eos: bool) -> list[int]:
+    """The answer's token ids (no special tokens), then the end-of-sequence token if `add_eos`."""
+    ids = tokenizer(answer, add_special_tokens=False).input_ids
+    if add_eos and tokenizer.eos_token_id is not None:
+        ids = ids + [tokenizer.eos_token_id]
+    return ids
+
+
 def encode_pair(
     tokenizer: PreTrainedTokenizerBase, prompt: str, answer: str, max_length: int, add_eos: bool = True
 ) -> Encoded:
-    """Token ids of prompt + answer (+ eos); a long prompt loses its start, never the answer."""
-    prompt_ids = tokenizer(prompt, add_special_tokens=True).input_ids
-    answer_ids = tokenizer(answer, add_special_tokens=False).input_ids
-    if add_eos and tokenizer.eos_token_id is not None:
-        answer_ids = answer_ids + [tokenizer.eos_token_id]
-    answer_ids = answer_ids[:max_length]
-    room = max(max_length - len(answer_ids), 0)
-    prompt_ids = prompt_ids[len(prompt_ids) - room :] if room else []
-    return Encoded(prompt_ids + answer_ids, len(prompt_ids))
+    """Token ids of prompt + answer (+ eos); a long prompt loses its start, never the answer
+    (an answer longer than `max_length` alone is cut to it)."""
+    answer_part = answer_ids(tokenizer, answer, add_eos)[:max_length]
+    prompt_part = prompt_ids(tokenizer, prompt, max_length - len(answer_part))
+    return Encoded(prompt_part + answer_part, len(prompt_part))
+
+
+def encode_choices(
+    tokenizer: PreTrainedTokenizerBase, prompt: str, options: Sequence[str], max_length: int, add_eos: bool
+) -> EncodedChoices:
+    """Token ids of a prompt and of each of its options (+ eos). The prompt keeps the end
+    that fits with the longest option, and at least one token: the first option token is
+    predicted from it."""
+    option_ids = [answer_ids(tokenizer, option, add_eos) for option in options]
+    longest = max((len(ids) for ids in option_ids), default=0)
+    return EncodedChoices(prompt_ids(tokenizer, prompt, max(max_length - longest, 1)), option_ids)

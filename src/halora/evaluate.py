@@ -6,40 +6,50 @@ Two scorers, as lm-evaluation-harness defines them:
   byte of option text (`acc_norm`). It degrades gradually under noise;
 - greedy generation with the task's answer extraction, where it has none (or when asked):
   exact answers, which collapse once the model's first token goes wrong.
-Both are batched and deterministic.
+Both are batched and deterministic, and both take their token ids from halora.encoding,
+as training does: the prompt with its special tokens, a long prompt cut from its start.
 """
 
 from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from halora.encoding import encode_choices, prompt_ids
 from halora.errors import UsageError
+from halora.settings import check, setting
 from halora.tasks import Example, Task
 
 SCORERS = ("auto", "loglik", "generate")
+# Training ends every answer with the end-of-sequence token; scoring does not count it
+# after an option yet, so that scores stay comparable with those already measured.
+SCORE_EOS_AFTER_OPTIONS = False
 
 
 @dataclass(frozen=True)
 class EvalSettings:
-    """How to score. Test items come from the task's test split."""
+    """How to score. Items come from the task's test split unless `split` says val."""
 
-    n: int | None = 100  # items per task (None: the whole split)
-    batch_size: int = 16
-    max_length: int = 256  # prompt + option tokens; a long prompt loses its start
-    scorer: str = "auto"  # auto: loglik where a task has options, else generate
-    split: str = "test"
-    progress: bool = False
+    WHAT: ClassVar[str] = "evaluation setting"
+
+    items: int | None = setting(
+        100, "evaluation items per task (none: the whole split)", min=1, aliases=("n", "test_n", "limit")
+    )
+    eval_batch_size: int = setting(16, "items scored per forward pass", min=1, aliases=("batch_size",))
+    max_length: int = setting(
+        256, "tokens of prompt + longest option (generation: prompt); a long prompt loses its start", min=1
+    )
+    scorer: str = setting("auto", "auto: loglik where a task has options, else generate", choices=SCORERS)
+    split: str = setting("test", "the split scored (val for selection)", choices=("test", "val"))
+    progress: bool = setting(False, "show a progress bar", flag=False)
 
     def __post_init__(self) -> None:
-        if self.scorer not in SCORERS:
-            raise UsageError(f"unknown scorer {self.scorer!r}: use one of {', '.join(SCORERS)}")
-        if self.batch_size < 1 or (self.n is not None and self.n < 1):
-            raise UsageError("evaluation batch size and items per task must be >= 1")
+        check(self)
 
 
 @dataclass
@@ -83,7 +93,7 @@ def evaluate_task(
     examples: list[Example] | None = None,
 ) -> TaskScore:
     """Accuracy of `model` on `task`; pass `examples` to reuse a loaded split."""
-    examples = examples if examples is not None else task.examples(settings.split, settings.n)
+    examples = examples if examples is not None else task.examples(settings.split, settings.items)
     if not examples:
         raise UsageError(f"task {task.name} has no {settings.split} items")
     scorer = scorer_for(examples, settings.scorer)
@@ -125,25 +135,31 @@ def option_logliks(
 
     A prompt is run once and its key/value cache is shared by all of its options (a
     multiple-choice item has 2-5 options and a prompt ten times longer than an option),
-    and only the positions that predict option tokens get logits.
+    and only the positions that predict option tokens get logits. A prompt too long for
+    `settings.max_length` with its longest option keeps its end.
     """
-    prompts: dict[str, list[int]] = {}
+    prompts: dict[str, list[int]] = {}  # prompt text -> indices of its pairs
     for index, (prompt, _) in enumerate(pairs):
         prompts.setdefault(prompt, []).append(index)
     groups = sorted(prompts.items(), key=lambda item: -len(item[0]))
     results = [0.0] * len(pairs)
     tokens = 0
-    batches = range(0, len(groups), settings.batch_size)
+    batches = range(0, len(groups), settings.eval_batch_size)
     for start in tqdm(batches, desc="loglik", disable=not settings.progress, leave=False):
-        batch = groups[start : start + settings.batch_size]
-        options = [
-            [tokenizer(pairs[i][1], add_special_tokens=False).input_ids for i in indices]
-            for _, indices in batch
+        batch = groups[start : start + settings.eval_batch_size]
+        encoded = [
+            encode_choices(
+                tokenizer,
+                prompt,
+                [pairs[i][1] for i in indices],
+                settings.max_length,
+                SCORE_EOS_AFTER_OPTIONS,
+            )
+            for prompt, indices in batch
         ]
-        longest = max(len(ids) for per_prompt in options for ids in per_prompt)
-        room = max(settings.max_length - longest, 1)
-        prompt_ids = [tokenizer(prompt, add_special_tokens=True).input_ids[-room:] for prompt, _ in batch]
-        scores, used = _score_options(model, tokenizer, prompt_ids, options)
+        scores, used = _score_options(
+            model, tokenizer, [e.prompt_ids for e in encoded], [e.option_ids for e in encoded]
+        )
         tokens += used
         for (_, indices), per_prompt in zip(batch, scores, strict=True):
             for index, score in zip(indices, per_prompt, strict=True):
@@ -155,7 +171,7 @@ def _score_options(
     model, tokenizer, prompt_ids: list[list[int]], options: list[list[list[int]]]
 ) -> tuple[list[list[float]], int]:
     device = _device_of(model)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad = _pad_id(tokenizer)
     ids, mask = _pad(prompt_ids, pad, left=True)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     out = model(
@@ -202,6 +218,11 @@ def _cache_keyword(model) -> str:
     return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
 
+def _pad_id(tokenizer) -> int:
+    # any id will do where the tokenizer has none: padded positions are masked out
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+
 def _pad(rows: list[list[int]], pad: int, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(max(len(row) for row in rows), 1)
     ids = torch.full((len(rows), width), pad, dtype=torch.long)
@@ -228,28 +249,29 @@ def _score_generations(model, tokenizer, task, examples, settings) -> TaskScore:
 def generate(
     model, tokenizer, prompts: list[str], max_new_tokens: int, settings: EvalSettings
 ) -> tuple[list[str], int]:
-    """Greedy completions (new text only), batched with left padding."""
+    """Greedy completions (new text only), batched with left padding (generation continues
+    from the last real token). A prompt longer than `settings.max_length` keeps its end."""
     device = _device_of(model)
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"  # generation continues from the last real token
     texts, tokens = [""] * len(prompts), 0
-    try:
-        order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
-        batches = range(0, len(order), settings.batch_size)
-        for start in tqdm(batches, desc="generate", disable=not settings.progress, leave=False):
-            chunk = [prompts[i] for i in order[start : start + settings.batch_size]]
-            batch = tokenizer(
-                chunk, return_tensors="pt", padding=True, truncation=True, max_length=settings.max_length
-            ).to(device)
-            generated = model.generate(
-                **batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id
-            )
-            new = generated[:, batch["input_ids"].shape[1] :]
-            tokens += int(batch["attention_mask"].sum()) + new.numel()
-            for row, text in enumerate(tokenizer.batch_decode(new, skip_special_tokens=True)):
-                texts[order[start + row]] = text
-    finally:
-        tokenizer.padding_side = side
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    batches = range(0, len(order), settings.eval_batch_size)
+    for start in tqdm(batches, desc="generate", disable=not settings.progress, leave=False):
+        rows = [
+            prompt_ids(tokenizer, prompts[i], settings.max_length)
+            for i in order[start : start + settings.eval_batch_size]
+        ]
+        ids, mask = _pad(rows, _pad_id(tokenizer), left=True)
+        generated = model.generate(
+            input_ids=ids.to(device),
+            attention_mask=mask.to(device),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        new = generated[:, ids.shape[1] :]
+        tokens += int(mask.sum()) + new.numel()
+        for row, text in enumerate(tokenizer.batch_decode(new, skip_special_tokens=True)):
+            texts[order[start + row]] = text
     return texts, tokens
 
 

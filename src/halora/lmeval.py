@@ -86,9 +86,9 @@ def import_lm_eval():
 
 def check_numbers(limit: int | None, batch_size: int, num_fewshot: int | None) -> None:
     if limit is not None and limit < 1:
-        raise UsageError(f"--limit must be at least 1 item per task, got {limit}")
+        raise UsageError(f"--items must be at least 1 item per task, got {limit}")
     if batch_size < 1:
-        raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
+        raise UsageError(f"--eval-batch-size must be at least 1, got {batch_size}")
     if num_fewshot is not None and num_fewshot < 0:
         raise UsageError(f"--num-fewshot must be 0 or more, got {num_fewshot}")
 

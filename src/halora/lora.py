@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
@@ -31,26 +31,31 @@ from peft.tuners.lora import LoraLayer
 from torch import nn
 
 from halora.errors import UsageError
+from halora.settings import check, setting
 
 PAPER_TARGETS = ("q_proj", "k_proj", "v_proj", "up_proj", "down_proj")
 Reduction = Literal["sum", "mean"]
+REDUCTIONS: tuple[Reduction, ...] = ("sum", "mean")
 
 
 @dataclass(frozen=True)
 class LoraSettings:
     """The adapter. Defaults are the paper's: rank 4 on q, k, v, up, down."""
 
-    rank: int = 4
-    alpha: float = 8.0  # 2r, the common choice; the paper does not give it
-    dropout: float = 0.05
-    targets: tuple[str, ...] = PAPER_TARGETS
-    rslora: bool = False  # scale by α/√r instead of α/r (Kalajdzievski 2023)
+    WHAT: ClassVar[str] = "LoRA setting"
+
+    rank: int = setting(4, "LoRA rank r", min=1)
+    # alpha = 2r is the common choice (the paper does not give it); this is the one place
+    # the rule lives: None means 2r, resolved when the settings are made.
+    alpha: float | None = setting(None, "LoRA alpha (default: 2 x rank)", min=0)
+    dropout: float = setting(0.05, "LoRA dropout", min=0, max=0.99, aliases=("lora_dropout",))
+    targets: tuple[str, ...] = setting(PAPER_TARGETS, "LoRA target modules (leaf names)")
+    rslora: bool = setting(False, "rank-stabilised scaling alpha/sqrt(r) (Kalajdzievski 2023)")
 
     def __post_init__(self) -> None:
-        if self.rank < 1:
-            raise UsageError(f"LoRA rank must be >= 1, got {self.rank}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise UsageError(f"LoRA dropout must be in [0, 1), got {self.dropout}")
+        check(self)
+        if self.alpha is None:
+            object.__setattr__(self, "alpha", 2.0 * self.rank)
         if not self.targets:
             raise UsageError("LoRA needs at least one target module name")
 

@@ -18,6 +18,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from transformers import (
@@ -31,6 +32,7 @@ from transformers import (
 )
 
 from halora.errors import UsageError
+from halora.settings import check, setting
 
 SMOLLM2 = "smollm2-135m"
 TINY = "tiny"
@@ -44,6 +46,29 @@ DTYPES = {
     "float16": torch.float16,
     "fp16": torch.float16,
 }
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """Which model to load, in which precision, on which device."""
+
+    WHAT: ClassVar[str] = "model setting"
+
+    model: str = setting(
+        SMOLLM2, "smollm2-135m (embedded), tiny (random, for tests), or a local transformers model folder"
+    )
+    dtype: str = setting("float32", "weights' dtype", choices=("float32", "bfloat16", "float16"))
+    device: str = setting("cpu", "cpu, cuda, cuda:1, ...")
+
+    def __post_init__(self) -> None:
+        check(self)
+
+    def load(self) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+        return load_model(self.model, dtype=self.dtype, device=self.device)
+
+    @property
+    def label(self) -> str:
+        return model_label(self.model)
 
 
 @dataclass(frozen=True)

@@ -121,17 +121,24 @@ def average_of(rows: list[dict], method: str, condition: str) -> dict[str, float
     return None
 
 
+def recovery(clean: float, on_chip: float, robust_on_chip: float) -> float | None:
+    """The recovery ratio (robust - baseline on chip) / (baseline clean - baseline on chip):
+    1.0 means the robust method recovers all of the accuracy the baseline loses on the chip.
+    None where the baseline loses nothing (the ratio would divide by zero or flip sign)."""
+    lost = clean - on_chip
+    return (robust_on_chip - on_chip) / lost if lost > 0 else None
+
+
 def recovery_ratio(
     rows: list[dict], condition: str, robust: str = "halora", baseline: str = "lora"
 ) -> float | None:
-    """(robust_noisy - baseline_noisy) / (baseline_clean - baseline_noisy) on the average:
-    1.0 means the robust method recovers all of the accuracy the baseline loses on the chip."""
+    """The recovery ratio of `robust` on one condition of summary rows (task averages)."""
     clean = average_of(rows, baseline, "clean")
     lost = average_of(rows, baseline, condition)
     kept = average_of(rows, robust, condition)
-    if not (clean and lost and kept) or clean["mean"] - lost["mean"] <= 0:
+    if not (clean and lost and kept):
         return None
-    return (kept["mean"] - lost["mean"]) / (clean["mean"] - lost["mean"])
+    return recovery(clean["mean"], lost["mean"], kept["mean"])
 
 
 def markdown_summary(records: list[dict], title: str) -> str:

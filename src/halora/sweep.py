@@ -15,11 +15,11 @@ world-size-th chip, and the main rank writes the results when all are done.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from tqdm.auto import tqdm
 
@@ -27,7 +27,8 @@ from halora import files
 from halora.cim import Chip, Placement
 from halora.errors import UsageError
 from halora.evaluate import EvalSettings, evaluate_task
-from halora.noise import parse_noise_spec
+from halora.noise import GAUSSIAN_TEMPLATE, parse_noise_spec
+from halora.settings import check, setting
 from halora.tasks import Task
 
 CLEAN = "none"
@@ -47,12 +48,12 @@ class Condition:
 
     @classmethod
     def of(cls, spec: str) -> Condition:
-        canonical = parse_noise_spec(spec).spec()
+        model = parse_noise_spec(spec)
+        canonical = model.spec()
         if canonical in (CLEAN, "clean"):
             return cls(CLEAN, "clean", 0.0)
         families = "+".join(part.split(":", 1)[0] for part in canonical.split("+"))
-        found = re.search(r"(?:^|[:,])sigma=([0-9.eE+-]+)", canonical)
-        return cls(canonical, families, float(found.group(1)) if found else None)
+        return cls(canonical, families, model.level)
 
     @property
     def is_clean(self) -> bool:
@@ -69,6 +70,31 @@ def conditions_from(sigmas: tuple[float, ...], template: str, extra: tuple[str, 
     specs = [template.format(sigma=sigma) for sigma in sigmas] + list(extra)
     conditions = [Condition.of(CLEAN)] + [Condition.of(spec) for spec in specs]
     return list(dict.fromkeys(conditions))  # drop repeats, keep order
+
+
+@dataclass(frozen=True)
+class ChipGrid:
+    """The chips a sweep programs: a noise template at several levels, extra conditions,
+    and how many chip seeds each noisy condition gets (the clean reference is one chip)."""
+
+    WHAT: ClassVar[str] = "chip grid setting"
+
+    sigmas: tuple[float, ...] = setting(PAPER_SIGMAS, "noise levels for the template", min=0)
+    noise_template: str = setting(GAUSSIAN_TEMPLATE, "chip noise spec with a {sigma} placeholder")
+    extra_noise: tuple[str, ...] = setting(
+        (), "another chip condition, e.g. saf:p0=0.01,p1=0.01 (repeat the flag for more)", repeat=True
+    )
+    chips: int = setting(PAPER_SEEDS, "chip seeds per noisy condition", min=1, aliases=("seeds",))
+
+    def __post_init__(self) -> None:
+        check(self)
+
+    def conditions(self) -> tuple[Condition, ...]:
+        return tuple(conditions_from(self.sigmas, self.noise_template, self.extra_noise))
+
+    @property
+    def seeds(self) -> tuple[int, ...]:
+        return tuple(range(self.chips))
 
 
 @dataclass(frozen=True)
@@ -159,7 +185,7 @@ def run_sweep(
     if rank == 0:
         check_manifest(out, plan)
     cache = CellCache(out / f"cells-rank{rank}.jsonl")
-    examples = {task.name: task.examples(plan.eval.split, plan.eval.n) for task in tasks}
+    examples = {task.name: task.examples(plan.eval.split, plan.eval.items) for task in tasks}
     my_chips = plan.chips()[rank::world]
     progress = tqdm(
         total=len(my_chips) * len(plan.adapters) * len(tasks), desc="sweep", disable=not plan.eval.progress

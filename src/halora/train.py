@@ -1,4 +1,4 @@
-"""Training a LoRA adapter for a noisy chip: four methods on one code path.
+"""Training a LoRA adapter for a noisy chip: five methods on one code path.
 
     method      noise in the frozen base   HaLoRA regulariser
     lora        no                         no      the paper's baseline
@@ -34,6 +34,7 @@ import shutil
 import sys
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from torch.utils.data import Dataset
@@ -52,8 +53,10 @@ from halora import files
 from halora.cim import Chip, Placement, canonical_name
 from halora.encoding import encode_pair
 from halora.errors import UsageError
-from halora.lora import LoraSettings, attach_lora, halora_regularizer, lora_factors
-from halora.noise import Chain, NoiseModel, parse_noise_spec
+from halora.lora import REDUCTIONS, LoraSettings, attach_lora, halora_regularizer, lora_factors
+from halora.noise import GAUSSIAN_TEMPLATE, parse_noise_spec
+from halora.seeds import derive_seed
+from halora.settings import check, key_names, setting
 
 METHODS: tuple[str, ...] = ("lora", "noisy", "reg", "halora", "curriculum")
 SIDECAR = "halora.json"
@@ -64,57 +67,55 @@ LOG_FILE = "train_log.jsonl"
 class TrainSettings:
     """One training run. Config-file keys are these names; CLI flags are the same with dashes."""
 
-    method: str = "halora"
-    # Training noise and its re-draw period K: the defaults are the HaLoRA recipe chosen on
-    # validation chips by the reduced robustness study (presets/studies/reduced.toml; README,
-    # "Robustness study"): tile-64 Gaussian sigma 0.02, re-drawn every K = 10 steps. The
-    # paper's own are sigma 0.01 and K = 400 (K = 400 never re-draws in a short run).
-    noise: str = "gaussian:sigma=0.02,scale=tile,tile=64"
-    redraw_every: int = 10
-    noise_seed: int = 1234
-    # Noise-level curriculum (beyond the paper): the training noise's sigma grows linearly
-    # from 0 to its full value over this many steps (applied at each re-draw); 0 = off,
-    # except for method curriculum, where 0 means 2/3 of the steps (the study's 40 of 60).
-    noise_ramp_steps: int = 0
-    # Layers that receive training noise (leaf names); empty = the deployment placement.
-    noise_targets: tuple[str, ...] = ()
+    WHAT: ClassVar[str] = "training setting"
+
+    method: str = setting("halora", "training method", choices=METHODS)
+    # The defaults are the HaLoRA recipe chosen on validation chips by the reduced robustness
+    # study (presets/studies/reduced.toml; README, "Robustness study"): tile-64 Gaussian
+    # sigma 0.02, re-drawn every K = 10 steps. The paper's own are sigma 0.01 and K = 400
+    # (K = 400 never re-draws in a short run).
+    train_noise: str = setting(
+        GAUSSIAN_TEMPLATE.format(sigma=0.02),
+        "training noise spec written into the RRAM-placed base weights",
+        aliases=("noise",),
+    )
+    redraw_every: int = setting(10, "re-draw the training noise every K optimizer steps", min=1)
+    noise_seed: int = setting(1234, "seed of the training noise draws", min=0)
+    # Noise-level curriculum (beyond the paper): 0 = off, except for method curriculum,
+    # where 0 means 2/3 of the steps (the study's 40 of 60).
+    noise_ramp_steps: int = setting(
+        0, "grow the training noise's sigma from 0 over N steps (0: off; curriculum: 2/3 of the steps)", min=0
+    )
+    noise_targets: tuple[str, ...] = setting(
+        (), "layers that get training noise (leaf names; empty: the RRAM placement)"
+    )
     # mu = 0.1 is the paper's and was chosen over 0.01 by the study; "mean" over modules keeps
     # mu's meaning independent of the number of LoRA modules (summed over SmolLM2's 150
     # modules the term swamps the task loss and cost 12-14 points on validation chips).
-    mu: float = 0.1
-    reduction: str = "mean"
-    reg_scaled: bool = False  # multiply each module's term by its LoRA scaling alpha/r
-    mu_warmup_steps: int = 0  # ramp mu linearly from 0 over these steps
-    steps: int = 300
-    batch_size: int = 8
-    grad_accum: int = 1
-    lr: float = 1e-3
-    warmup_steps: int = 20
-    schedule: str = "linear"  # any transformers lr_scheduler_type
-    weight_decay: float = 0.0
-    max_length: int = 256
-    train_on_inputs: bool = False  # LLM-Adapters' option: loss on the prompt tokens too
-    seed: int = 0
-    precision: str = "fp32"  # fp32, bf16 or fp16 (the latter two on GPU)
-    gradient_checkpointing: bool = False
-    save_steps: int = 100
-    logging_steps: int = 10
-    report_to: tuple[str, ...] = ()  # e.g. ("tensorboard",) or ("wandb",) when installed
-    progress: bool = True
+    mu: float = setting(0.1, "weight of the HaLoRA regulariser", min=0)
+    reduction: str = setting("mean", "sum or mean of the regulariser over LoRA modules", choices=REDUCTIONS)
+    reg_scaled: bool = setting(False, "multiply each module's term by its LoRA scaling alpha/r")
+    mu_warmup_steps: int = setting(0, "ramp mu linearly from 0 over this many steps", min=0)
+    steps: int = setting(300, "optimizer steps", min=1)
+    batch_size: int = setting(8, "training examples per device per micro-batch", min=1)
+    grad_accum: int = setting(1, "micro-batches per optimizer step", min=1)
+    lr: float = setting(1e-3, "peak learning rate (AdamW)", min=0)
+    warmup_steps: int = setting(20, "learning-rate warmup steps", min=0)
+    schedule: str = setting("linear", "learning-rate schedule (transformers lr_scheduler_type)")
+    weight_decay: float = setting(0.0, "AdamW weight decay", min=0)
+    max_length: int = setting(256, "tokens per training example (the prompt is cut from the left)", min=1)
+    train_on_inputs: bool = setting(False, "put loss on the prompt tokens too (LLM-Adapters' option)")
+    seed: int = setting(0, "training seed: LoRA init, data order and dropout", min=0)
+    precision: str = setting("fp32", "fp32, or bf16 / fp16 on a GPU", choices=("fp32", "bf16", "fp16"))
+    gradient_checkpointing: bool = setting(False, "trade compute for memory")
+    save_steps: int = setting(100, "checkpoint every N steps (for --resume)", min=1)
+    logging_steps: int = setting(10, "log loss and reg term every N steps", min=1)
+    report_to: tuple[str, ...] = setting((), "loggers, comma-separated: tensorboard, wandb (when installed)")
+    progress: bool = setting(True, "show a progress bar")
 
     def __post_init__(self) -> None:
-        _check_types(self)
-        if self.method not in METHODS:
-            raise UsageError(f"unknown method {self.method!r}: use one of {', '.join(METHODS)}")
-        if self.redraw_every < 1 or self.steps < 1 or self.batch_size < 1 or self.grad_accum < 1:
-            raise UsageError("steps, batch size, gradient accumulation and redraw period must be >= 1")
-        if self.mu < 0:
-            raise UsageError(f"mu must be >= 0, got {self.mu}")
-        if self.reduction not in ("sum", "mean"):
-            raise UsageError(f"unknown reduction {self.reduction!r}: use sum or mean")
-        if self.precision not in ("fp32", "bf16", "fp16"):
-            raise UsageError(f"unknown precision {self.precision!r}: use fp32, bf16 or fp16")
-        parse_noise_spec(self.noise)  # fail before any work on a bad spec
+        check(self)
+        parse_noise_spec(self.train_noise)  # fail before any work on a bad spec
 
     @property
     def injects_noise(self) -> bool:
@@ -133,18 +134,7 @@ class TrainSettings:
 
     @classmethod
     def keys(cls) -> set[str]:
-        return {f.name for f in fields(cls)}
-
-
-def _check_types(settings) -> None:
-    """Config files and study grids hand over raw values: name a mistyped one clearly."""
-    for spec in fields(settings):
-        value, expected = getattr(settings, spec.name), type(spec.default)
-        ok = isinstance(value, expected) or (expected is float and isinstance(value, int))
-        if isinstance(value, bool) and expected is not bool:
-            ok = False
-        if not ok:
-            raise UsageError(f"training setting {spec.name} must be a {expected.__name__}, got {value!r}")
+        return set(key_names(cls))
 
 
 class PairDataset(Dataset):
@@ -176,21 +166,9 @@ class PairDataset(Dataset):
         return self.items[index]
 
 
-def scaled_noise(model: NoiseModel, factor: float) -> NoiseModel:
-    """The same noise model with every `sigma` multiplied by `factor` (the curriculum)."""
-    if factor == 1.0:
-        return model
-    if isinstance(model, Chain):
-        return Chain(tuple(scaled_noise(part, factor) for part in model.models))
-    if hasattr(model, "sigma"):
-        return dataclasses.replace(model, sigma=model.sigma * factor)
-    return model
-
-
 def draw_seed(noise_seed: int, draw: int) -> int:
     """The chip seed of the draw-th training noise draw: disjoint from evaluation seeds."""
-    digest = hashlib.sha256(f"train:{noise_seed}:{draw}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+    return derive_seed("train", noise_seed, draw)
 
 
 class NoiseInjection(TrainerCallback):
@@ -208,7 +186,7 @@ class NoiseInjection(TrainerCallback):
     def _program(self, step: int) -> None:
         draw = step // self.settings.redraw_every
         seed = draw_seed(self.settings.noise_seed, draw)
-        noise = scaled_noise(parse_noise_spec(self.settings.noise), self.noise_scale(step))
+        noise = parse_noise_spec(self.settings.train_noise).scaled(self.noise_scale(step))
         if self.chip is None:
             self.chip = Chip(self.model, noise, seed, self.placement)
         else:

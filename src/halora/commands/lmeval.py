@@ -4,62 +4,74 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
-from halora.commands.common import add_model_arguments, add_placement_arguments, csv_list, placement_from
+from halora.commands.common import (
+    add_chip_flags,
+    add_model_flags,
+    add_placement_flags,
+    chip_from,
+    model_from,
+    placement_from,
+)
+from halora.evaluate import EvalSettings
 from halora.files import write_json
 from halora.lmeval import check_numbers, evaluate_lm_eval, task_manager
 from halora.lora import load_adapters
-from halora.models import load_model
-from halora.noise import parse_noise_spec
+from halora.settings import add_flags, coerce
 
 HELP = "Evaluate a model (+ adapter) on one programmed chip with lm-evaluation-harness tasks."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_model_arguments(parser)
+    add_model_flags(parser)
     parser.add_argument("--adapter", help="adapter folder (from halora train); none: the base model")
-    parser.add_argument("--noise", default="none", help="chip noise spec, e.g. gaussian:sigma=0.02")
-    parser.add_argument("--seed", type=int, default=0, help="chip seed")
+    add_chip_flags(parser)
     group = parser.add_argument_group("lm-eval")
     group.add_argument(
         "--lm-tasks",
-        type=csv_list,
         required=True,
         help="lm-eval task, group or YAML path names, comma-separated, e.g. arc_easy",
     )
     group.add_argument("--include-path", help="folder of local lm-eval task YAML files")
-    group.add_argument("--limit", type=int, help="at most N items per task (default: all)")
-    group.add_argument("--batch-size", type=int, default=16)
     group.add_argument("--num-fewshot", type=int, help="few-shot examples (default: the task's own)")
+    add_flags(
+        parser,
+        EvalSettings,
+        "evaluation",
+        only=("items", "eval_batch_size"),
+        defaults=EvalSettings(items=None),
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--out", help="also write the JSON result to this file")
-    add_placement_arguments(parser)
+    parser.add_argument("--out", help="folder to write results.json into")
+    add_placement_flags(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     # bad task names and numbers fail here, before a large model loads
-    check_numbers(args.limit, args.batch_size, args.num_fewshot)
-    parse_noise_spec(args.noise)
-    manager = task_manager(list(args.lm_tasks), args.include_path)
-    model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
+    check_numbers(args.items, args.eval_batch_size, args.num_fewshot)
+    chip, chosen = chip_from(args), model_from(args)
+    lm_tasks = list(coerce(args.lm_tasks, tuple[str, ...], "--lm-tasks"))
+    manager = task_manager(lm_tasks, args.include_path)
+    model, tokenizer = chosen.load()
     if args.adapter:
         model = load_adapters(model, [("adapter", args.adapter)])
     scores = evaluate_lm_eval(
         model,
         tokenizer,
-        list(args.lm_tasks),
+        lm_tasks,
         include_path=args.include_path,
-        noise=args.noise,
-        seed=args.seed,
+        noise=chip.noise,
+        seed=chip.chip_seed,
         placement=placement_from(args),
-        limit=args.limit,
-        batch_size=args.batch_size,
+        limit=args.items,
+        batch_size=args.eval_batch_size,
         num_fewshot=args.num_fewshot,
         manager=manager,
     )
-    result = {"model": args.model, "adapter": args.adapter, **scores}
+    result = {"model": chosen.model, "adapter": args.adapter, **scores}
     if args.out:
-        write_json(args.out, result)
+        write_json(Path(args.out) / "results.json", result)
     if args.json:
         print(json.dumps(result, indent=2))
     else:

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import asdict
 
 from halora.cim import placement_report
 from halora.commands.common import (
-    add_lora_arguments,
-    add_model_arguments,
-    add_placement_arguments,
+    add_lora_flags,
+    add_model_flags,
+    add_placement_flags,
     lora_from,
+    model_from,
     placement_from,
 )
 from halora.lora import attach_lora
-from halora.models import load_model
 
 HELP = "Show the hybrid placement of a model: parameters on RRAM, SRAM (LoRA) and digital."
 
@@ -26,28 +27,25 @@ PLACES = {
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_model_arguments(parser)
-    add_placement_arguments(parser)
-    add_lora_arguments(parser, rank_default=4)
+    add_model_flags(parser)
+    add_placement_flags(parser)
+    add_lora_flags(parser)
     parser.add_argument("--no-lora", action="store_true", help="place the base model alone")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
 def run(args: argparse.Namespace) -> int:
-    model, _ = load_model(args.model, dtype=args.dtype, device=args.device)
+    chosen, lora = model_from(args), lora_from(args)
+    model, _ = chosen.load()
     if not args.no_lora:
-        model = attach_lora(model, lora_from(args))
+        model = attach_lora(model, lora)
     report = placement_report(model, placement_from(args))
-    summary = {
-        "model": args.model,
-        "lora": None if args.no_lora else vars(lora_from(args)),
-        **report.to_json(),
-    }
+    summary = {"model": chosen.model, "lora": None if args.no_lora else asdict(lora), **report.to_json()}
     if args.json:
         print(json.dumps(summary, indent=2, default=list))
         return 0
     print(
-        f"{args.model}: {report.total:,} parameters, {report.rram_layers} RRAM layers "
+        f"{chosen.model}: {report.total:,} parameters, {report.rram_layers} RRAM layers "
         f"in {report.rram_tiles:,} tiles of {report.tile[0]}x{report.tile[1]}, "
         f"{report.lora_modules} LoRA modules"
     )

@@ -5,32 +5,24 @@ from __future__ import annotations
 import argparse
 import time
 
-from halora.commands.common import add_model_arguments, add_placement_arguments, placement_from
-from halora.commands.eval import add_eval_arguments, eval_settings_from
+from halora.commands.common import (
+    add_config_flag,
+    add_eval_flags,
+    add_model_flags,
+    add_placement_flags,
+    eval_from,
+    model_from,
+    placement_from,
+)
 from halora.errors import UsageError
 from halora.lora import load_adapters
-from halora.models import load_model, model_label
+from halora.models import load_model
 from halora.report import plot_sweep, write_results
-from halora.sweep import (
-    BASE,
-    PAPER_SEEDS,
-    PAPER_SIGMAS,
-    SweepPlan,
-    conditions_from,
-    gather_records,
-    run_sweep,
-)
+from halora.settings import add_flags, from_args
+from halora.sweep import BASE, ChipGrid, SweepPlan, gather_records, run_sweep
 from halora.tasks import load_tasks
 
 HELP = "Sweep adapters over noise levels and chip seeds; write results.json, CSV, summary and plots."
-TEMPLATE = "gaussian:sigma={sigma},scale=tile,tile=64"
-
-
-def float_list(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(part) for part in text.split(",") if part.strip())
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"expected numbers like 0.005,0.01, got {text!r}") from err
 
 
 def parse_adapters(items: list[str]) -> tuple[tuple[str, str], ...]:
@@ -56,9 +48,9 @@ def parse_adapters(items: list[str]) -> tuple[tuple[str, str], ...]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="TOML or YAML file whose keys are these flags")
+    add_config_flag(parser)
     parser.add_argument("--out", required=True, help="sweep folder (cache, results, plots)")
-    add_model_arguments(parser)
+    add_model_flags(parser)
     parser.add_argument(
         "--adapters",
         action="append",
@@ -66,22 +58,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="LABEL=FOLDER[,LABEL=FOLDER...], e.g. lora=runs/a/lora,halora=runs/a/halora",
     )
     parser.add_argument("--base", action="store_true", help="also evaluate the model without adapter")
-    parser.add_argument(
-        "--sigmas",
-        type=float_list,
-        default=PAPER_SIGMAS,
-        help="noise levels for the template (default: the paper's 0.005,0.01,0.02)",
-    )
-    parser.add_argument("--noise-template", default=TEMPLATE, help="noise spec with {sigma}")
-    parser.add_argument(
-        "--extra-noise",
-        action="append",
-        default=[],
-        help="another chip condition, e.g. saf:p0=0.01,p1=0.01 (repeatable)",
-    )
-    parser.add_argument("--seeds", type=int, default=PAPER_SEEDS, help="chip seeds per condition")
-    add_eval_arguments(parser)
-    add_placement_arguments(parser)
+    add_flags(parser, ChipGrid, "chips")
+    add_eval_flags(parser)
+    add_placement_flags(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -91,25 +70,25 @@ def run(args: argparse.Namespace) -> int:
     adapters = parse_adapters(args.adapters)
     if not adapters and not args.base:
         raise UsageError("nothing to evaluate: give --adapters LABEL=FOLDER and/or --base")
-    if args.seeds < 1:
-        raise UsageError("--seeds must be >= 1")
+    grid, chosen = from_args(args, ChipGrid), model_from(args)
+    tasks = load_tasks(args.tasks)
     labels = ((BASE, ""),) if args.base else ()
     plan = SweepPlan(
-        conditions=tuple(conditions_from(tuple(args.sigmas), args.noise_template, tuple(args.extra_noise))),
-        seeds=tuple(range(args.seeds)),
+        conditions=grid.conditions(),
+        seeds=grid.seeds,
         adapters=labels + adapters,
-        tasks=tuple(t.name for t in load_tasks(args.tasks)),
-        eval=eval_settings_from(args, progress=state.is_main_process),
-        model=model_label(args.model),
+        tasks=tuple(t.name for t in tasks),
+        eval=eval_from(args, progress=state.is_main_process),
+        model=chosen.label,
     )
-    device = args.device if state.num_processes == 1 else state.device
-    model, tokenizer = load_model(args.model, dtype=args.dtype, device=device)
+    device = chosen.device if state.num_processes == 1 else state.device  # each rank its own GPU
+    model, tokenizer = load_model(chosen.model, dtype=chosen.dtype, device=device)
     model = load_adapters(model, list(adapters))
     started = time.perf_counter()
     run_sweep(
         model,
         tokenizer,
-        load_tasks(args.tasks),
+        tasks,
         plan,
         args.out,
         placement_from(args),

@@ -1,0 +1,86 @@
+"""RRAM non-ideality models: the weight a programmed chip computes with.
+
+In the hybrid compute-in-memory architecture of HaLoRA (Wu et al., "HaLoRA: Hardware-aware
+Low-Rank Adaptation for Large Language Models Based on Hybrid Compute-in-Memory
+Architecture", arXiv 2502.19747; ACM TODAES 2026) the frozen pretrained weights sit on
+noisy 1T1R RRAM crossbars and the LoRA branches on noise-free SRAM. A :class:`NoiseModel`
+turns one clean weight matrix (``[out_features, in_features]``, as ``nn.Linear`` stores
+it) into the matrix the RRAM arrays actually hold.
+
+Modules:
+
+* :mod:`~halora.noise.base`: the interface, :class:`Chain` and :func:`split_noise`;
+* :mod:`~halora.noise.mapping`: crossbar tiles and the weight <-> conductance mapping
+  (:class:`DifferentialPair`, :class:`SingleDevice`) that every device model shares:
+  ``max|W_tile|`` of a 64x64 tile maps to ``g_max``, so noise "in % of g_max" is
+  ``sigma * max|W_tile|`` in weight units;
+* :mod:`~halora.noise.weight`: Gaussian, read, multiplicative and lognormal noise;
+* :mod:`~halora.noise.faults`: stuck-at faults and quantization;
+* :mod:`~halora.noise.devices`: the published device fits (Wan 2022, IBM CMO/HfOx);
+* :mod:`~halora.noise.spec`: spec strings.
+
+Two kinds of model (:attr:`NoiseModel.per_read`): programming noise is drawn once per
+chip (each programmed chip is one draw); read noise is drawn anew at every forward pass.
+:func:`split_noise` separates the two parts of a composed model. :attr:`NoiseModel.level`
+is a model's magnitude (sigma) and :meth:`NoiseModel.scaled` multiplies it.
+
+Spec strings (:func:`parse_noise_spec`): ``name:key=value,key=value``; models are composed
+with ``+`` and applied left to right, e.g. ``gaussian:sigma=0.02,scale=tile,tile=64``,
+``saf:p0=0.01,p1=0.01``, ``wan2022:t=1d``, ``gaussian:sigma=0.01+saf:p0=0.001,p1=0.001``.
+``none`` (alias ``clean``) is the identity. :meth:`NoiseModel.spec` gives the canonical
+string with every key spelled out; ``parse_noise_spec(m.spec()) == m``.
+
+Every model computes in float32 whatever the weight's dtype, takes all randomness from the
+``torch.Generator`` it is given (which must live on the weight's device), returns a new
+tensor of the weight's shape, dtype and device, and never modifies its input.
+"""
+
+from halora.noise.base import Chain, NoiseModel, NoNoise, split_noise
+from halora.noise.devices import (
+    CMO_G_RANGE,
+    CMO_PROGRAMMING,
+    CMO_READ_K,
+    CMO_RELAXATION_MEAN,
+    CMO_RELAXATION_STD,
+    CMO_T_READ,
+    WAN2022_COEFFS,
+    CmoNoise,
+    CmoReadNoise,
+    Wan2022Noise,
+)
+from halora.noise.faults import Quantization, StuckAtFaults
+from halora.noise.mapping import DEFAULT_TILE, DifferentialPair, SingleDevice, Tile, TileScale, tile_reference
+from halora.noise.spec import GAUSSIAN_TEMPLATE, NOISE_MODELS, parse_noise_spec
+from halora.noise.weight import GaussianNoise, LognormalNoise, MultiplicativeNoise, ReadNoise
+
+__all__ = [
+    "GAUSSIAN_TEMPLATE",
+    "CMO_G_RANGE",
+    "CMO_PROGRAMMING",
+    "CMO_READ_K",
+    "CMO_RELAXATION_MEAN",
+    "CMO_RELAXATION_STD",
+    "CMO_T_READ",
+    "DEFAULT_TILE",
+    "NOISE_MODELS",
+    "WAN2022_COEFFS",
+    "Chain",
+    "CmoNoise",
+    "CmoReadNoise",
+    "DifferentialPair",
+    "GaussianNoise",
+    "LognormalNoise",
+    "MultiplicativeNoise",
+    "NoNoise",
+    "NoiseModel",
+    "Quantization",
+    "ReadNoise",
+    "SingleDevice",
+    "StuckAtFaults",
+    "Tile",
+    "TileScale",
+    "Wan2022Noise",
+    "parse_noise_spec",
+    "split_noise",
+    "tile_reference",
+]

@@ -1,0 +1,304 @@
+"""The noise-model interface, composition, and the helpers every model shares.
+
+:class:`NoiseModel` is the interface; :class:`Float32Model` is the base of every concrete
+model (it handles dtypes, so a model only writes a float32 -> float32 function);
+:class:`Chain` composes models and :func:`split_noise` separates a chip's programming part
+from its read part. The helpers format and parse spec values and check parameters.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import MISSING, dataclass, fields
+from typing import Any, ClassVar
+
+import torch
+
+from halora.errors import UsageError
+
+# --------------------------------------------------------------------------------------
+# Spec values: formatting, parsing and checks
+# --------------------------------------------------------------------------------------
+
+
+def format_number(x: float) -> str:
+    """Shortest exact text for a float: ``86400`` rather than ``86400.0``; round-trips."""
+    x = float(x)
+    if x.is_integer() and abs(x) < 1e15:
+        return str(int(x))
+    return repr(x)
+
+
+def format_value(value: Any) -> str:
+    """A field's text in a spec: tiles as ``64`` or ``32x64``, floats by :func:`format_number`."""
+    if isinstance(value, tuple):  # a tile
+        rows, cols = value
+        return str(rows) if rows == cols else f"{rows}x{cols}"
+    if isinstance(value, float):
+        return format_number(value)
+    return str(value)
+
+
+# The parsers raise ValueError("<what was expected>"); NoiseModel._from_params words the error.
+
+
+def parse_number(text: str) -> float:
+    try:
+        x = float(text)
+    except ValueError:
+        raise ValueError("a number") from None
+    if not math.isfinite(x):
+        raise ValueError("a finite number")
+    return x
+
+
+def parse_int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError("an integer") from None
+
+
+_DURATION_UNITS = {"s": 1.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds, optionally with a unit: ``86400``, ``1d``, ``24h``, ``30min``, ``1s``."""
+    match = re.fullmatch(r"\s*([0-9.eE+-]+)\s*(s|min|h|d)?\s*", text)
+    if match is None:
+        raise ValueError("a time in seconds, optionally with a unit s, min, h or d (e.g. 1d)")
+    value = parse_number(match.group(1))
+    return value * _DURATION_UNITS[match.group(2) or "s"]
+
+
+def choice(*options: str) -> Callable[[str], str]:
+    """A parser accepting one of ``options``, case-insensitively."""
+
+    def parse(text: str) -> str:
+        value = text.lower()
+        if value not in options:
+            raise ValueError("one of " + ", ".join(options))
+        return value
+
+    return parse
+
+
+def check_sigma(owner: str, key: str, value: Any) -> float:
+    value = float(value)
+    if not math.isfinite(value) or value < 0:
+        raise UsageError(f"{owner}: {key} must be a finite number >= 0, got {value!r}")
+    return value
+
+
+def check_probability(owner: str, key: str, value: Any) -> float:
+    value = float(value)
+    if not 0.0 <= value <= 1.0:
+        raise UsageError(f"{owner}: {key} is a probability and must be in [0, 1], got {value!r}")
+    return value
+
+
+def check_weight(weight: torch.Tensor) -> None:
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
+        shape = tuple(weight.shape) if isinstance(weight, torch.Tensor) else type(weight)
+        raise ValueError(f"noise models take a 2-D [out, in] weight matrix, got {shape}")
+    if not weight.is_floating_point():
+        raise TypeError(f"noise models take a floating-point weight, got {weight.dtype}")
+
+
+def randn(weight: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """Standard normal float32 draws of ``weight``'s shape, on its device."""
+    return torch.randn(weight.shape, generator=generator, device=weight.device, dtype=torch.float32)
+
+
+def rand(weight: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """Uniform [0, 1) float32 draws of ``weight``'s shape, on its device."""
+    return torch.rand(weight.shape, generator=generator, device=weight.device, dtype=torch.float32)
+
+
+# --------------------------------------------------------------------------------------
+# Base classes
+# --------------------------------------------------------------------------------------
+
+
+class NoiseModel(ABC):
+    """Turns a clean weight matrix into the weight a programmed chip computes with.
+
+    ``per_read`` False: programming noise, drawn once per chip. True: read noise, re-drawn
+    at every forward pass. Subclasses are frozen dataclasses whose fields are the spec keys.
+    """
+
+    per_read: ClassVar[bool] = False
+    name: ClassVar[str] = ""
+    """Registry name used in spec strings."""
+    usage: ClassVar[str] = ""
+    """Spec template with the defaults, for help text."""
+    summary: ClassVar[str] = ""
+    """One line for help text."""
+    _KEYS: ClassVar[dict[str, Callable[[str], Any]]] = {}
+    _REQUIRE_ONE_OF: ClassVar[tuple[str, ...]] = ()
+
+    @abstractmethod
+    def apply(self, weight: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Noisy copy of ``weight``.
+
+        ``weight`` is 2-D ``[out_features, in_features]``, any float dtype, CPU or CUDA.
+        Returns a new tensor of the same shape, dtype and device; computes in float32; all
+        randomness comes from ``generator`` (a ``torch.Generator`` on ``weight.device``).
+        """
+
+    @property
+    def level(self) -> float | None:
+        """The model's magnitude in its own units (sigma), or None when it has no single one."""
+        return None
+
+    def scaled(self, factor: float) -> NoiseModel:
+        """This model with its magnitude (:attr:`level`) times ``factor``.
+
+        A model without a magnitude returns itself, as does any model for ``factor == 1``.
+        """
+        return self
+
+    def spec(self) -> str:
+        """Canonical spec string, every key spelled out: ``parse_noise_spec(m.spec()) == m``."""
+        items = [f"{f.name}={format_value(getattr(self, f.name))}" for f in fields(self)]  # type: ignore[arg-type]
+        return self.name + (":" + ",".join(items) if items else "")
+
+    def __str__(self) -> str:
+        return self.spec()
+
+    @classmethod
+    def _from_params(cls, params: dict[str, str]) -> NoiseModel:
+        """Build the model from parsed ``key -> text`` pairs (keys already checked)."""
+        kwargs: dict[str, Any] = {}
+        for key, text in params.items():
+            try:
+                kwargs[key] = cls._KEYS[key](text)
+            except ValueError as exc:
+                raise UsageError(f"{cls.name}: {key} must be {exc}, got {text!r}") from None
+        missing = [
+            f.name
+            for f in fields(cls)  # type: ignore[arg-type]
+            if f.default is MISSING and f.name not in kwargs
+        ]
+        if missing:
+            need = ", ".join(f"{k}=..." for k in missing)
+            raise UsageError(f"{cls.name} needs {need}; usage: {cls.usage}")
+        if cls._REQUIRE_ONE_OF and not any(k in params for k in cls._REQUIRE_ONE_OF):
+            need = " or ".join(f"{k}=..." for k in cls._REQUIRE_ONE_OF)
+            raise UsageError(f"{cls.name} needs {need}; usage: {cls.usage}")
+        return cls(**kwargs)
+
+
+class Float32Model(NoiseModel):
+    """A model written as a float32 -> float32 function; :meth:`apply` handles dtypes."""
+
+    def apply(self, weight: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        check_weight(weight)
+        with torch.no_grad():
+            w32 = weight.detach().float()
+            out = w32.clone() if w32.numel() == 0 else self._apply_f32(w32, generator)
+        return out.to(weight.dtype)
+
+    @abstractmethod
+    def _apply_f32(self, w: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """``w`` is float32 2-D and must not be modified; return a new float32 tensor."""
+
+
+@dataclass(frozen=True)
+class NoNoise(Float32Model):
+    """The identity: an ideal chip (spec ``none``, alias ``clean``). Returns a copy."""
+
+    name: ClassVar[str] = "none"
+    usage: ClassVar[str] = "none"
+    summary: ClassVar[str] = "no noise: the clean weights (alias: clean)"
+    _KEYS: ClassVar[dict[str, Callable[[str], Any]]] = {}
+
+    def _apply_f32(self, w: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        return w.clone()
+
+
+# --------------------------------------------------------------------------------------
+# Composition
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Chain(NoiseModel):
+    """Several models applied in order (spec ``a+b``), in float32 throughout.
+
+    Nested chains are flattened. ``per_read`` is True only when every component is a read
+    model; a chain mixing both kinds should be split with :func:`split_noise`, which is
+    how a chip is programmed (programming part once) and read (read part every pass).
+    """
+
+    models: tuple[NoiseModel, ...]
+
+    name: ClassVar[str] = "chain"
+
+    def __post_init__(self) -> None:
+        flat: list[NoiseModel] = []
+        for m in self.models:
+            if isinstance(m, Chain):
+                flat.extend(m.models)
+            elif isinstance(m, NoiseModel):
+                flat.append(m)
+            else:
+                raise TypeError(f"Chain takes NoiseModel instances, got {type(m).__name__}")
+        if not flat:
+            raise ValueError("Chain needs at least one model; use NoNoise() for the identity")
+        object.__setattr__(self, "models", tuple(flat))
+
+    @property
+    def per_read(self) -> bool:  # type: ignore[override]
+        return all(m.per_read for m in self.models)
+
+    @property
+    def level(self) -> float | None:
+        """The :attr:`~NoiseModel.level` of the first component that has one, else None."""
+        return next((m.level for m in self.models if m.level is not None), None)
+
+    def scaled(self, factor: float) -> NoiseModel:
+        """Every component scaled by ``factor`` (itself for ``factor == 1``)."""
+        if factor == 1.0:
+            return self
+        return Chain(tuple(m.scaled(factor) for m in self.models))
+
+    def spec(self) -> str:
+        return "+".join(m.spec() for m in self.models)
+
+    def apply(self, weight: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        check_weight(weight)
+        with torch.no_grad():
+            w = weight.detach().float()
+            for m in self.models:
+                if isinstance(m, Float32Model):
+                    # Stay in float32 between stages: one rounding to the weight's dtype at the end.
+                    w = m._apply_f32(w, generator) if w.numel() else w.clone()
+                else:
+                    w = m.apply(w, generator).float()
+        return w.to(weight.dtype)
+
+
+def _join(models: list[NoiseModel]) -> NoiseModel | None:
+    if not models:
+        return None
+    return models[0] if len(models) == 1 else Chain(tuple(models))
+
+
+def split_noise(model: NoiseModel) -> tuple[NoiseModel | None, NoiseModel | None]:
+    """(programming part, read part) of ``model``.
+
+    The ``per_read=False`` components and the ``per_read=True`` ones, each a single model or
+    a :class:`Chain` in their original order, None when empty. Identity components
+    (:class:`NoNoise`) are dropped, so ``split_noise(NoNoise()) == (None, None)``. The read
+    part is meant to run after the programming part (reading happens after programming),
+    whatever the order in the spec.
+    """
+    parts = model.models if isinstance(model, Chain) else (model,)
+    parts = tuple(m for m in parts if not isinstance(m, NoNoise))
+    programming = [m for m in parts if not m.per_read]
+    read = [m for m in parts if m.per_read]
+    return _join(programming), _join(read)

@@ -1,0 +1,270 @@
+"""Published RRAM device fits: NeuRRAM (Wan et al. 2022) and IBM's CMO/HfOx devices.
+
+Each model maps the weights to conductances in µS through a shared
+:mod:`~halora.noise.mapping` object, adds the fitted conductance noise, clamps to the
+physical range and maps back. The constants keep the units and sources of their fits.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+
+from halora.errors import UsageError
+from halora.noise.base import Float32Model, format_number, parse_duration, parse_number, randn
+from halora.noise.mapping import DEFAULT_TILE, DifferentialPair, SingleDevice, Tile, as_tile, parse_tile
+
+# --------------------------------------------------------------------------------------
+# NeuRRAM, Wan et al. 2022
+# --------------------------------------------------------------------------------------
+
+WAN2022_COEFFS: dict[float, tuple[float, float, float, float, float]] = {
+    1.0: (0.348, 16.030, -43.853, 45.393, -16.815),
+    86400.0: (0.701, 22.086, -50.773, 47.095, -16.458),
+    172800.0: (0.782, 20.274, -43.507, 37.062, -11.934),
+}
+"""sigma(x) = c0 + c1 x + c2 x^2 + c3 x^3 + c4 x^4 in µS, x = g_target / g_max, per time t in
+seconds after programming (1 s, 1 day, 2 days). Wan et al., "A compute-in-memory chip based
+on resistive random-access memory", Nature 608, 2022 (NeuRRAM), as fitted to its published
+figures in IBM aihwkit's ReRamWan2022NoiseModel (g_max = 40 µS)."""
+
+_WAN_TIME_NAMES = {1.0: "1s", 86400.0: "1d", 172800.0: "2d"}
+
+
+@dataclass(frozen=True)
+class Wan2022Noise(Float32Model):
+    """RRAM programming noise of the NeuRRAM chip, Wan et al., Nature 2022.
+
+    Conductance-dependent Gaussian noise with ``sigma(x) = sum_i c_i x^i`` µS,
+    ``x = g / g_max``, coefficients fitted in IBM aihwkit's ReRamWan2022NoiseModel to the
+    paper's figures at t = 1 s, 1 day, 2 days after programming (:data:`WAN2022_COEFFS`;
+    about 1.6 / 2.0 / 1.1 µS at x = 0.1 / 0.5 / 1 at 1 s, 3-5 % of g_max; 6-10 % after a
+    day). ``t`` accepts 1, 86400, 172800 (or 1s, 1d, 2d, 24h, 48h).
+
+    Mapping (aihwkit's SinglePairConductanceConverter with g_min = 0, per tile; :attr:`mapping`):
+    ``max|W_tile|`` -> ``gmax``; ``g+ = max(W, 0) * gmax / max|W_tile|``,
+    ``g- = max(-W, 0) * gmax / max|W_tile|``. Both devices get noise (the inactive one at
+    g = 0 gets ``sigma(0) = c0``), conductances are clamped at >= 0, and
+    ``W' = (g+ - g-) * max|W_tile| / gmax``. ``gmax`` defaults to 40 µS, the reference of the
+    fit; as in aihwkit the polynomial stays in µS for another ``gmax``, so a smaller gmax
+    means relatively more noise. All-zero tiles stay zero. No read noise (add ``read``).
+    """
+
+    t: float = 1.0
+    tile: Tile = DEFAULT_TILE
+    gmax: float = 40.0
+
+    name: ClassVar[str] = "wan2022"
+    usage: ClassVar[str] = "wan2022:t=1|86400|172800 (1s|1d|2d),tile=64,gmax=40"
+    summary: ClassVar[str] = "NeuRRAM RRAM programming noise fit (Wan 2022, via aihwkit)"
+    _KEYS: ClassVar[dict[str, Callable[[str], Any]]] = {
+        "t": parse_duration,
+        "tile": parse_tile,
+        "gmax": parse_number,
+    }
+
+    def __post_init__(self) -> None:
+        t = float(self.t)
+        if t not in WAN2022_COEFFS:
+            fitted = ", ".join(f"{format_number(k)} ({v})" for k, v in _WAN_TIME_NAMES.items())
+            raise UsageError(f"{self.name}: no fit for t={format_number(t)} s; use t = {fitted}")
+        object.__setattr__(self, "t", t)
+        gmax = float(self.gmax)
+        if not (math.isfinite(gmax) and gmax > 0):
+            raise UsageError(f"{self.name}: gmax must be > 0 (µS), got {gmax!r}; default 40")
+        object.__setattr__(self, "gmax", gmax)
+        object.__setattr__(self, "tile", as_tile(self.tile, self.name))
+
+    @property
+    def mapping(self) -> DifferentialPair:
+        """The differential pair, ``g_min = 0`` as in the fit."""
+        return DifferentialPair(self.tile, gmin=0.0, gmax=self.gmax)
+
+    def sigma_us(self, x: torch.Tensor) -> torch.Tensor:
+        """Programming-noise std in µS at normalised conductance ``x = g / g_max``."""
+        c = WAN2022_COEFFS[self.t]
+        return (((c[4] * x + c[3]) * x + c[2]) * x + c[1]) * x + c[0]
+
+    def _apply_f32(self, w: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        pair = self.mapping
+        g_pos, g_neg, scale = pair.to_conductance(w)
+        g_pos = g_pos + self.sigma_us(g_pos / self.gmax) * randn(w, generator)
+        g_neg = g_neg + self.sigma_us(g_neg / self.gmax) * randn(w, generator)
+        # Only the lower bound is physical here: the fit has no saturation at gmax (as aihwkit).
+        return pair.to_weight(g_pos.clamp_(min=pair.gmin), g_neg.clamp_(min=pair.gmin), scale)
+
+
+# --------------------------------------------------------------------------------------
+# IBM Research Zurich CMO/HfOx RRAM
+# --------------------------------------------------------------------------------------
+
+CMO_PROGRAMMING: dict[float, tuple[float, float]] = {
+    2.0: (0.0112185, 0.0112903),
+    0.2: (0.00081107, 0.00106879),
+}
+"""sigma_prog = c0 + c1 * g (g and sigma in µS) per program-and-verify acceptance range in %
+of the target (2 % or 0.2 %). IBM Research Zurich CMO/HfOx RRAM (Falcone et al., in review),
+as fitted in IBM aihwkit's ReRamCMONoiseModel."""
+
+CMO_RELAXATION_MEAN = -0.0890021
+"""Mean conductance shift per ln(t / 1 s) in µS, independent of g (CMO/HfOx; aihwkit
+ReRamCMONoiseModel, fitted to Falcone et al.)."""
+
+CMO_RELAXATION_STD = (0.0420114, 0.411833)
+"""Relaxation std ``a * ln(t / 1 s) + b`` in µS, independent of g (same source)."""
+
+CMO_READ_K = 0.0277316
+"""Read (1/f) noise constant: ``sigma = K * log10(g / µS) * sqrt(ln((t + t_read) / (2 t_read)))``
+(CMO/HfOx, aihwkit ReRamCMONoiseModel's read_dict, after Lombardo et al., DRC 2024)."""
+
+CMO_T_READ = 1e-6
+"""Read pulse duration t_read = 1 µs of the CMO read-noise fit (same source)."""
+
+CMO_G_RANGE = (9.0, 88.2)
+"""Default (g_min, g_max) in µS: aihwkit's SingleDeviceConductanceConverter defaults
+(9.0, 88.199997 µS), the range its ReRamCMONoiseModel examples use (9.0, 88.19)."""
+
+
+def _check_conductance_range(owner: str, gmin: float, gmax: float) -> tuple[float, float]:
+    gmin, gmax = float(gmin), float(gmax)
+    if not (math.isfinite(gmin) and math.isfinite(gmax) and 0 < gmin < gmax):
+        raise UsageError(f"{owner}: need 0 < gmin < gmax (in µS), got gmin={gmin!r}, gmax={gmax!r}")
+    return gmin, gmax
+
+
+@dataclass(frozen=True)
+class CmoNoise(Float32Model):
+    """IBM Zurich CMO/HfOx RRAM: programming noise plus conductance relaxation after ``t``.
+
+    Source: IBM aihwkit's ReRamCMONoiseModel, fitted to the statistical characterisation of
+    analog filamentary conductive-metal-oxide/HfOx devices by Falcone et al. (in review):
+
+    * programming: ``g1 = g + (c0 + c1 g) N1`` µS, ``(c0, c1)`` per program-verify
+      acceptance range ``accept`` = 2 % (default) or 0.2 % (:data:`CMO_PROGRAMMING`);
+    * relaxation ``t`` seconds after programming, independent of g:
+      ``g2 = g1 - 0.0890021 ln t + (0.0420114 ln t + 0.411833) N2`` µS;
+      ``t = 0`` means right after programming (no relaxation). The fit is in ln t, so
+      ``0 < t < 1 s`` is rejected (the fitted mean shift would change sign);
+    * clamp to ``[gmin, gmax]``.
+
+    Mapping (:attr:`mapping`, a :class:`~halora.noise.mapping.SingleDevice`): one device per
+    weight, as IBM characterised it; symmetric per tile,
+    ``g = (gmin + gmax)/2 + W / max|W_tile| * (gmax - gmin)/2`` (aihwkit's converter maps
+    ``[min W, max W]`` of the whole matrix instead; symmetric keeps W = 0 at mid-range and
+    matches the per-tile max used everywhere here). Default range 9-88.2 µS
+    (:data:`CMO_G_RANGE`). Read noise is the separate per-read model :class:`CmoReadNoise`.
+    """
+
+    t: float = 1.0
+    accept: float = 2.0
+    tile: Tile = DEFAULT_TILE
+    gmin: float = CMO_G_RANGE[0]
+    gmax: float = CMO_G_RANGE[1]
+
+    name: ClassVar[str] = "cmo"
+    usage: ClassVar[str] = "cmo:t=1,accept=2|0.2,tile=64,gmin=9,gmax=88.2"
+    summary: ClassVar[str] = "IBM CMO/HfOx RRAM programming noise + relaxation (aihwkit fit)"
+    _KEYS: ClassVar[dict[str, Callable[[str], Any]]] = {
+        "t": parse_duration,
+        "accept": parse_number,
+        "tile": parse_tile,
+        "gmin": parse_number,
+        "gmax": parse_number,
+    }
+
+    def __post_init__(self) -> None:
+        t = float(self.t)
+        if not (math.isfinite(t) and (t == 0 or t >= 1)):
+            raise UsageError(
+                f"{self.name}: t must be 0 (just programmed) or >= 1 s (the relaxation fit is "
+                f"in ln t), got {t!r}"
+            )
+        accept = float(self.accept)
+        if accept not in CMO_PROGRAMMING:
+            raise UsageError(
+                f"{self.name}: accept (program-verify acceptance range, %) must be 2 or 0.2, got {accept!r}"
+            )
+        gmin, gmax = _check_conductance_range(self.name, self.gmin, self.gmax)
+        object.__setattr__(self, "t", t)
+        object.__setattr__(self, "accept", accept)
+        object.__setattr__(self, "gmin", gmin)
+        object.__setattr__(self, "gmax", gmax)
+        object.__setattr__(self, "tile", as_tile(self.tile, self.name))
+
+    @property
+    def mapping(self) -> SingleDevice:
+        """One device per weight, weight 0 at mid-range, symmetric per tile."""
+        return SingleDevice(self.tile, self.gmin, self.gmax)
+
+    def _apply_f32(self, w: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        mapping = self.mapping
+        g, scale = mapping.to_conductance(w)
+        c0, c1 = CMO_PROGRAMMING[self.accept]
+        g = g + (g * c1 + c0) * randn(w, generator)
+        if self.t > 0:
+            log_t = math.log(self.t)
+            sigma = CMO_RELAXATION_STD[0] * log_t + CMO_RELAXATION_STD[1]
+            g.add_(randn(w, generator).mul_(sigma).add_(CMO_RELAXATION_MEAN * log_t))
+        return mapping.to_weight(g.clamp_(self.gmin, self.gmax), scale)
+
+
+@dataclass(frozen=True)
+class CmoReadNoise(Float32Model):
+    """CMO/HfOx read (1/f) noise, re-drawn at every forward pass (``per_read`` True).
+
+    ``sigma = 0.0277316 * |log10(g / 1 µS)| * sqrt(ln((t + t_read) / (2 t_read)))`` µS with
+    t_read = 1 µs (:data:`CMO_READ_K`, :data:`CMO_T_READ`; aihwkit ReRamCMONoiseModel, after
+    Lombardo et al., DRC 2024). As in aihwkit, ``t`` is the time since programming (the 1/f
+    noise integrated from 1/t up to the read bandwidth), ``g`` is in µS and the result is
+    clamped to ``[gmin, gmax]``; ``t`` must be >= t_read (below, the log is negative).
+    ``|log10 g|`` only matters for g < 1 µS (same distribution either way).
+
+    Mapping as :class:`CmoNoise` (one device, symmetric per tile), applied to the weights it
+    is given, i.e. the programmed ones, with their own tile max.
+    """
+
+    t: float = 1.0
+    tile: Tile = DEFAULT_TILE
+    gmin: float = CMO_G_RANGE[0]
+    gmax: float = CMO_G_RANGE[1]
+
+    per_read: ClassVar[bool] = True
+    name: ClassVar[str] = "cmo_read"
+    usage: ClassVar[str] = "cmo_read:t=1,tile=64,gmin=9,gmax=88.2"
+    summary: ClassVar[str] = "IBM CMO/HfOx RRAM read (1/f) noise, per forward pass (per_read)"
+    _KEYS: ClassVar[dict[str, Callable[[str], Any]]] = {
+        "t": parse_duration,
+        "tile": parse_tile,
+        "gmin": parse_number,
+        "gmax": parse_number,
+    }
+
+    def __post_init__(self) -> None:
+        t = float(self.t)
+        if not (math.isfinite(t) and t >= CMO_T_READ):
+            raise UsageError(f"{self.name}: t (s since programming) must be >= t_read = 1e-06 s, got {t!r}")
+        gmin, gmax = _check_conductance_range(self.name, self.gmin, self.gmax)
+        object.__setattr__(self, "t", t)
+        object.__setattr__(self, "gmin", gmin)
+        object.__setattr__(self, "gmax", gmax)
+        object.__setattr__(self, "tile", as_tile(self.tile, self.name))
+
+    @property
+    def mapping(self) -> SingleDevice:
+        """As :attr:`CmoNoise.mapping`."""
+        return SingleDevice(self.tile, self.gmin, self.gmax)
+
+    def sigma_us(self, g: torch.Tensor) -> torch.Tensor:
+        """Read-noise std in µS at conductance ``g`` (µS)."""
+        time_factor = math.sqrt(math.log((self.t + CMO_T_READ) / (2 * CMO_T_READ)))
+        return g.log10().abs_().mul_(CMO_READ_K * time_factor)
+
+    def _apply_f32(self, w: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        mapping = self.mapping
+        g, scale = mapping.to_conductance(w)
+        g = g + self.sigma_us(g) * randn(w, generator)
+        return mapping.to_weight(g.clamp_(self.gmin, self.gmax), scale)

@@ -1,0 +1,105 @@
+"""Running the study: select each method's arm on validation chips, compare on test chips.
+
+    1. select   train every arm once (training seed 0); score all arms on the VALIDATION
+                split on chips at the selection noise levels; keep the best arm of each
+                method family (lora, noisy, reg, halora, ...)
+    2. final    train each kept arm with more training seeds; score them all on the TEST
+                split, on the same chips: clean, every test sigma, stuck-at faults
+    3. report   mean accuracy with 95 % bootstrap intervals (over test items and training
+                seeds), chip-seed spread, and the recovery ratio against plain LoRA
+
+Settings are never tuned on the test split. Every step caches its outputs under --out,
+so an interrupted study resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from dataclasses import asdict
+from pathlib import Path
+
+from halora import files
+from halora.evaluate import EvalSettings
+from halora.pipeline import Arm, Log, score, train_arm, training_examples
+from halora.study.grid import StudySettings
+from halora.study.report import build_report, report_markdown
+from halora.sweep import ChipGrid
+from halora.tasks import Task, load_tasks
+
+
+def run_study(study: StudySettings, out: str | Path, log: Log = print) -> dict:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    files.write_json(out / "study.json", study.describe())
+    tasks = load_tasks(study.tasks)
+    examples = training_examples(tasks, study.train_n)
+
+    def trained(arm: Arm, seed: int) -> str:
+        folder = out / "adapters" / arm.name / f"seed{seed}"
+        settings = arm.train_settings(study.base, seed)
+        return train_arm(
+            study.model,
+            settings,
+            study.rank_of(arm),
+            examples,
+            folder,
+            log,
+            label=f"{arm.name} seed {seed}",
+            extra_metadata={"study_arm": asdict(arm)},
+        )
+
+    log(
+        f"study: {len(study.arms)} arms; selecting on the validation split at sigma "
+        f"{', '.join(f'{s:g}' for s in study.select_sigmas)}"
+    )
+    selection_adapters = [(arm.name, trained(arm, 0)) for arm in study.arms]
+    selection_grid = ChipGrid(sigmas=study.select_sigmas, chips=study.select_chips)
+    selection = _score(study, tasks, selection_adapters, selection_grid, out / "select", "val", "loglik")
+    chosen = choose_arms(study, selection)
+    log("chosen on validation: " + ", ".join(f"{m}: {a}" for m, a in chosen.items()))
+
+    final_adapters = [
+        (f"{name}@{seed}", trained(study.arm_named(name), seed))
+        for name in chosen.values()
+        for seed in range(study.train_seeds)
+    ]
+    test_grid = ChipGrid(
+        sigmas=study.test_sigmas, extra_noise=(study.saf,) if study.saf else (), chips=study.test_chips
+    )
+    finals = {
+        scorer: _score(study, tasks, final_adapters, test_grid, out / f"final-{scorer}", "test", scorer)
+        for scorer in study.scorers
+    }
+    report = build_report(study, chosen, selection, finals)
+    files.write_json(out / "results.json", report)
+    files.write_text(out / "report.md", report_markdown(report))
+    log((out / "report.md").read_text(encoding="utf-8"))
+    return report
+
+
+def _score(
+    study: StudySettings, tasks: list[Task], adapters, grid: ChipGrid, out: Path, split: str, scorer: str
+) -> list[dict]:
+    items = study.val_items if split == "val" else study.test_items
+    evaluation = EvalSettings(items=items, eval_batch_size=32, scorer=scorer, split=split, progress=True)
+    records, _ = score(study.model, tasks, adapters, grid, evaluation, out)
+    return records
+
+
+def choose_arms(study: StudySettings, records: list[dict]) -> dict[str, str]:
+    """The best arm of each family (its method unless set) by mean validation accuracy on
+    the selection chips (ties broken by clean accuracy), in the order of the grid."""
+    score: dict[str, list[float]] = defaultdict(list)
+    clean: dict[str, list[float]] = defaultdict(list)
+    for record in records:
+        (clean if record["noise"] == "clean" else score)[record["method"]].append(record["accuracy"])
+    best: dict[str, tuple[tuple[float, float], str]] = {}
+    for arm in study.arms:
+        key = (
+            statistics.fmean(score[arm.name]) if score[arm.name] else 0.0,
+            statistics.fmean(clean[arm.name]) if clean[arm.name] else 0.0,
+        )
+        if arm.group not in best or key > best[arm.group][0]:
+            best[arm.group] = (key, arm.name)
+    return {group: name for group, (_, name) in best.items()}
