@@ -47,7 +47,9 @@ def test_one_name_per_meaning_with_old_spellings_as_aliases():
     old = _parse(["eval", "--seed", "3", "--n", "7", "--batch-size", "2"])
     for args in (new, old):
         assert (args.chip_seed, args.items, args.eval_batch_size) == (3, 7, 2)
-    sweep = _parse(["sweep", "--out", "o", "--seeds", "4", "--test-n", "9", "--extra-noise", "saf:p0=0.1,p1=0"])
+    sweep = _parse(
+        ["sweep", "--out", "o", "--seeds", "4", "--test-n", "9", "--extra-noise", "saf:p0=0.1,p1=0"]
+    )
     assert (sweep.chips, sweep.items, sweep.extra_noise) == (4, 9, ["saf:p0=0.1,p1=0"])
     train = _parse(["train", "--out", "o", "--noise", "gaussian:sigma=0.1", "--seed", "5"])
     assert (train.train_noise, train.seed) == ("gaussian:sigma=0.1", 5)

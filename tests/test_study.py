@@ -4,6 +4,7 @@ import shutil
 import pytest
 
 from halora.cli import main
+from halora.commands.study import STUDIES as STUDY_PRESETS
 from halora.errors import UsageError
 from halora.pipeline import Arm
 from halora.study import (
@@ -168,7 +169,13 @@ def test_study_end_to_end_on_tiny(tmp_path, capsys):
     assert (stopped / "adapter_model.safetensors").is_file()
 
 
-@pytest.mark.parametrize("name", ["reduced", "longer", "layers", "full"])
+def test_every_bundled_study_is_tested():
+    from halora.commands.study import bundled_studies
+
+    assert set(bundled_studies()) >= {"reduced", "longer", "layers", "full"}
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in STUDY_PRESETS.glob("*.toml")))
 def test_bundled_studies_load_and_every_arm_is_a_valid_recipe(name):
     from halora.commands.study import STUDIES
 
