@@ -4,7 +4,6 @@ checks and a few small helpers (stable hashing, answer extraction, reading JSON)
 from __future__ import annotations
 
 import difflib
-import hashlib
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
@@ -74,12 +73,6 @@ def first_line(completion: str) -> str:
         if line.strip():
             return line.strip()
     return ""
-
-
-def stable_int(*parts: object) -> int:
-    """A hash that does not change between runs or machines (unlike hash())."""
-    text = "\x1f".join(str(p) for p in parts)
-    return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big")
 
 
 def is_int(value: Any) -> bool:

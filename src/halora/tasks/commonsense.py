@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from halora.errors import UsageError
-from halora.tasks.base import Example, Split, Task, check_split, is_int, read_json_list, stable_int
+from halora.seeds import split_hash
+from halora.tasks.base import Example, Split, Task, check_split, is_int, read_json_list
 
 ALPACA_TEMPLATE = (
     "Below is an instruction that describes a task. Write a response that appropriately "
@@ -179,7 +180,7 @@ class _CommonsenseFolder:
             return family
         if len(labels) == 3:
             return "social_i_qa"
-        return _ARC_OBQA[stable_int("arc-obqa", instruction) % len(_ARC_OBQA)]
+        return _ARC_OBQA[split_hash("arc-obqa", instruction) % len(_ARC_OBQA)]
 
     def _train_records(self) -> list[_TrainRecord]:
         path = self.train_path
@@ -203,7 +204,7 @@ class _CommonsenseFolder:
             # val: the val_size records (at most a tenth of the file) whose salted hash of
             # the prompt text is smallest: independent of file order, same every run.
             n_val = min(self.val_size, len(records) // 10)
-            order = sorted(records, key=lambda r: (stable_int(self.seed, r.instruction, r.input), r.index))
+            order = sorted(records, key=lambda r: (split_hash(self.seed, r.instruction, r.input), r.index))
             val = sorted(order[:n_val], key=lambda r: r.index)
             val_texts = {(r.instruction, r.input) for r in val}
             train = [r for r in records if (r.instruction, r.input) not in val_texts]

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from halora.errors import UsageError
+from halora.seeds import split_hash
 from halora.tasks.base import (
     SPLITS,
     Example,
@@ -19,7 +20,6 @@ from halora.tasks.base import (
     first_line,
     is_int,
     read_json_list,
-    stable_int,
 )
 
 
@@ -101,7 +101,7 @@ class JsonTask(Task):
     def _split_of(self, where: str, rec: dict[str, Any], prompt: str) -> str:
         split = rec.get("split")
         if split is None:
-            bucket = stable_int(self.seed, prompt) % 10
+            bucket = split_hash(self.seed, prompt) % 10
             return "test" if bucket == 0 else "val" if bucket == 1 else "train"
         if split not in SPLITS:
             raise UsageError(f'{where}: "split" is {split!r}; use one of {", ".join(SPLITS)}')
