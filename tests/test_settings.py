@@ -102,3 +102,14 @@ def test_demo_presets_hold_the_recipes_the_demo_has_always_run():
         2,
     )
     assert TrainSettings().train_noise == halora.train_noise  # halora train's default is the demo's
+
+
+def test_chip_sets_are_disjoint_by_construction():
+    sets = {
+        name: set(ChipGrid(chips=5, chip_set=name).seeds) for name in ("test", "validation", "calibration")
+    }
+    assert sets["test"] == {0, 1, 2, 3, 4}
+    assert not (sets["test"] & sets["validation"] or sets["test"] & sets["calibration"])
+    assert not sets["validation"] & sets["calibration"]
+    with pytest.raises(UsageError, match="chips must be <="):
+        ChipGrid(chips=200_000)

@@ -7,13 +7,7 @@ from halora.cli import main
 from halora.commands.study import STUDIES as STUDY_PRESETS
 from halora.errors import UsageError
 from halora.pipeline import Arm
-from halora.study import (
-    StudySettings,
-    bootstrap_delta_ci,
-    bootstrap_mean_ci,
-    choose_arms,
-    load_study,
-)
+from halora.study import StudySettings, choose_arms, load_study
 
 STUDY = """
 [study]
@@ -110,23 +104,6 @@ def record(method, task, accuracy_items, seed=0, spec="none", noise="clean"):
     }
 
 
-def test_bootstrap_interval():
-    perfect = [record("a@0", "t", [1] * 20), record("a@1", "t", [1] * 20)]
-    assert bootstrap_mean_ci(perfect, 200) == (100.0, 100.0, 100.0)
-    mixed = [record("a@0", "t", [1, 0] * 20), record("a@1", "t", [1, 1, 0, 0] * 10)]
-    point, low, high = bootstrap_mean_ci(mixed, 500)
-    assert point == pytest.approx(50.0) and low < 50 < high and high - low < 50
-
-
-def test_paired_difference_interval():
-    base = [record(f"a@{seed}", "t", [1, 0] * 20) for seed in range(2)]
-    same = [record(f"b@{seed}", "t", [1, 0] * 20) for seed in range(2)]
-    assert bootstrap_delta_ci(same, base, 300) == (0.0, 0.0, 0.0)  # paired: the same items cancel
-    better = [record(f"b@{seed}", "t", [1, 1, 1, 0] * 10) for seed in range(2)]  # +25 points
-    point, low, high = bootstrap_delta_ci(better, base, 500)
-    assert point == pytest.approx(25.0) and 0 < low < 25 < high
-
-
 def test_choose_arms_by_noisy_validation_accuracy():
     study = StudySettings(arms=(Arm("lora", "lora"), Arm("h1", "halora"), Arm("h2", "halora")))
     records = [
@@ -154,6 +131,11 @@ def test_study_end_to_end_on_tiny(tmp_path, capsys):
             assert row["delta_vs_baseline"] == 0.0
         assert row["cells"] == (1 if row["spec"] == "none" else 2) * 2  # chips x training seeds
     assert set(report["final"]["loglik"]["recovery"]) == specs - {"none"}
+    noisy_chips = {
+        part: {seed for spec, seeds in report["chips"][part].items() if spec != "none" for seed in seeds}
+        for part in ("selection", "test")
+    }
+    assert noisy_chips["test"] == {0, 1} and noisy_chips["selection"] == {100_000}
     markdown = (out / "report.md").read_text()
     assert "Recovery ratio" in markdown and "Chosen:" in markdown
     trained = sorted(p.parent.name + "/" + p.name for p in (out / "adapters").glob("*/seed*"))

@@ -113,6 +113,7 @@ def test_adapter_round_trips_through_stock_peft(tmp_path):
     assert sidecar["method"] == "halora" and sidecar["base_model"] == "tiny"
     assert sidecar["base_model_sha256"] == weights_hash(build_tiny())
     assert sidecar["training"]["train_noise"] == "gaussian:sigma=0.02"
+    assert sidecar["noise_seed_used"] == 1234 and sidecar["training"]["noise_seed"] is None
     assert (out / "train_log.jsonl").read_text().count("\n") >= 1
 
 
@@ -125,10 +126,13 @@ class StopAt(TrainerCallback):
             raise KeyboardInterrupt
 
 
-def test_resume_equals_uninterrupted(tmp_path, monkeypatch):
+@pytest.mark.parametrize("method", ["halora", "curriculum"])
+def test_resume_equals_uninterrupted(method, tmp_path, monkeypatch):
+    """Resumed at step 4, mid-way through the draw of step 3: the curriculum's draw must
+    keep the ramp factor of step 3, not take the one of the resume step."""
     import halora.train as train_module
 
-    settings = quick("halora", steps=12, save_steps=4, redraw_every=3)
+    settings = quick(method, steps=12, save_steps=4, redraw_every=3)
     lora = LoraSettings(rank=4, alpha=8, dropout=0.1)  # dropout: the RNG must resume too
     train(build_tiny(), byte_tokenizer(), examples(), tmp_path / "whole", settings, lora)
 
@@ -340,3 +344,19 @@ def test_ddp_on_cpu_with_torchrun(tmp_path):
     assert done.stdout.count("trained halora for 4 steps") == 1  # printed by the main rank only
     assert json.loads((out / SIDECAR).read_text())["method"] == "halora"
     assert load_file(out / "adapter_model.safetensors")
+
+
+def test_training_seeds_draw_different_training_noise():
+    assert quick("noisy").effective_noise_seed == 1234  # seed 0 keeps the draws it always had
+    assert quick("noisy", seed=1).effective_noise_seed == 1235
+    assert quick("noisy", seed=1, noise_seed=7).effective_noise_seed == 7
+    first = NoiseInjection(None, quick("noisy"), Placement())
+    second = NoiseInjection(None, quick("noisy", seed=1), Placement())
+    assert first.settings.effective_noise_seed != second.settings.effective_noise_seed
+
+
+def test_read_noise_under_checkpointing_is_refused(tmp_path):
+    settings = quick("noisy", train_noise="gaussian:sigma=0.02+read:sigma=0.01", gradient_checkpointing=True)
+    with pytest.raises(UsageError, match="read noise"):
+        train(build_tiny(), byte_tokenizer(), examples(), tmp_path / "x", settings, LORA)
+    assert not (tmp_path / "x" / "adapter_model.safetensors").exists()

