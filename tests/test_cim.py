@@ -3,9 +3,19 @@ import math
 import pytest
 import torch
 
-from halora.cim import ALL_LINEAR, Chip, Placement, placement_report, program_chip, rram_layers
+from halora.cim import (
+    ALL_LINEAR,
+    Chip,
+    Placement,
+    layer_generator,
+    layer_seed,
+    placement_report,
+    program_chip,
+    rram_layers,
+)
 from halora.errors import UsageError
 from halora.lora import LoraSettings, attach_lora
+from halora.noise import Chain, GaussianNoise, ReadNoise
 
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -208,3 +218,63 @@ def test_reprogram_with_another_noise_model_equals_a_fresh_chip(tiny):
         chip.reprogram(4, "read:sigma=0.05")  # read noise: hooks installed, weights clean
         assert changed(model, before) == set() and chip.read is not None
     assert changed(model, before) == set()
+
+
+@pytest.mark.parametrize("device", [None, "cpu", "cuda", torch.device("cuda", 1)])
+def test_layer_generators_live_on_the_cpu_whatever_the_weight_device(device):
+    generator = layer_generator(3, "model.layers.0.mlp.down_proj", device)
+    assert generator.device.type == "cpu"
+    assert generator.initial_seed() == layer_seed(3, "model.layers.0.mlp.down_proj")
+
+
+class _RecordingNoise(GaussianNoise):
+    """Gaussian noise that notes the device of every generator it is handed."""
+
+    seen: list
+
+    def apply(self, weight, generator):
+        type(self).seen.append(generator.device.type)
+        return super().apply(weight, generator)
+
+
+class _RecordingRead(ReadNoise):
+    seen: list
+
+    def apply(self, weight, generator):
+        type(self).seen.append(generator.device.type)
+        return super().apply(weight, generator)
+
+
+def test_chip_programs_and_reads_with_cpu_generators(tiny, monkeypatch):
+    """Even for a weight reported on "cuda" the chip hands the models CPU generators."""
+    import halora.cim as cim
+
+    model, tokenizer = tiny
+    _RecordingNoise.seen, _RecordingRead.seen = [], []
+    named = []
+    real = cim.layer_generator
+
+    def spy(seed, name, device=None):
+        named.append(name)
+        return real(seed, name, "cuda")  # as a caller on a GPU would name the device
+
+    monkeypatch.setattr(cim, "layer_generator", spy)
+    chain = Chain((_RecordingNoise(0.02), _RecordingRead(0.01)))
+    with program_chip(model, chain, seed=0), torch.no_grad():
+        model(**tokenizer(["a short input"], return_tensors="pt"))
+    assert _RecordingNoise.seen and set(_RecordingNoise.seen) == {"cpu"}
+    assert _RecordingRead.seen and set(_RecordingRead.seen) == {"cpu"}
+    assert len(named) == 2 * len(rram_layers(model))  # programming and read, per layer
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_same_chip_seed_gives_the_same_chip_on_cpu_and_cuda():
+    from halora.models import build_tiny
+
+    on_cpu, on_cuda = build_tiny(), build_tiny().cuda()
+    with program_chip(on_cpu, "gaussian:sigma=0.05+saf:p0=0.01,p1=0.01", seed=7):
+        cpu_chip = {n: layer.weight.clone() for n, layer in rram_layers(on_cpu).items()}
+    with program_chip(on_cuda, "gaussian:sigma=0.05+saf:p0=0.01,p1=0.01", seed=7):
+        cuda_chip = {n: layer.weight.cpu() for n, layer in rram_layers(on_cuda).items()}
+    for name, weight in cpu_chip.items():
+        torch.testing.assert_close(cuda_chip[name], weight, rtol=1e-6, atol=1e-7)

@@ -360,3 +360,11 @@ def test_read_noise_under_checkpointing_is_refused(tmp_path):
     with pytest.raises(UsageError, match="read noise"):
         train(build_tiny(), byte_tokenizer(), examples(), tmp_path / "x", settings, LORA)
     assert not (tmp_path / "x" / "adapter_model.safetensors").exists()
+
+
+def test_curriculum_ramps_every_model_with_a_magnitude_and_refuses_the_rest():
+    for spec in ("gaussian:sigma=0.02", "saf:p0=0.01,p1=0.01", "wan2022:t=1", "cmo:t=1+cmo_read:t=1"):
+        TrainSettings(method="curriculum", steps=9, train_noise=spec)
+    with pytest.raises(UsageError, match="quant"):
+        TrainSettings(method="curriculum", steps=9, train_noise="quant:bits=4")
+    TrainSettings(method="noisy", train_noise="quant:bits=4")  # no ramp: nothing to scale

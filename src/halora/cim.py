@@ -11,7 +11,9 @@ The paper's mapping (Wu et al., HaLoRA, arXiv 2502.19747):
 Programming a chip writes the RRAM-placed weights through a noise model, once per chip
 seed. Each layer's draw derives from (seed, layer name) alone, so the same chip comes
 out whatever the order of layers and whether or not a PEFT adapter wraps the model:
-every adapter is evaluated on identical chips. The LoRA path is never touched.
+every adapter is evaluated on identical chips. The generators live on the CPU, so a seed
+draws the same noise on a CPU and on a GPU (the arithmetic after the draw may still round
+differently in the last bit). The LoRA path is never touched.
 
 Undo is exact: the clean weights are stashed before the first write and copied back
 bit for bit. To keep peak memory near the clean model's (a second copy of a 3B model
@@ -207,8 +209,14 @@ def layer_seed(seed: int, name: str) -> int:
     return derive_seed("halora", seed, name)
 
 
-def layer_generator(seed: int, name: str, device: torch.device) -> torch.Generator:
-    generator = torch.Generator(device=device)
+def layer_generator(seed: int, name: str, device: torch.device | str | None = None) -> torch.Generator:
+    """The layer's generator: on the CPU whatever ``device`` the weight is on.
+
+    The noise models draw on the generator's device and move the draws to the weight's, so
+    one chip seed gives the same chip on a CPU and on any GPU (a CUDA generator's stream
+    differs from the CPU's). ``device`` is accepted for callers that name the weight's device.
+    """
+    generator = torch.Generator(device="cpu")
     generator.manual_seed(layer_seed(seed, name))
     return generator
 
@@ -337,7 +345,7 @@ class Chip:
             else:
                 self._stash.restore_into(name, weight)
             if self.programming is not None:
-                generator = layer_generator(seed, name, weight.device)
+                generator = layer_generator(seed, name)
                 weight.copy_(_as_linear_layout(layer, self.programming.apply, weight, generator))
 
     def _make_stash(self):
@@ -397,12 +405,13 @@ class _ReadNoiseHook:
 
     The programmed weight is swapped out for a noisy copy before the layer runs and
     swapped back after, so one layer's worth of memory is extra at any time. Draws come
-    from a per-layer generator seeded from (chip seed, name): a run is reproducible.
+    from a per-layer CPU generator seeded from (chip seed, name): a run is reproducible, and
+    the same on every device (the draws move to the weight's device afterwards).
     """
 
     def __init__(self, layer: nn.Module, model: NoiseModel, seed: int, name: str) -> None:
         self.layer, self.model = layer, model
-        self.generator = layer_generator(seed, f"read:{name}", layer.weight.device)
+        self.generator = layer_generator(seed, f"read:{name}")  # CPU, as for programming
         self.saved: torch.Tensor | None = None
 
     @classmethod

@@ -13,7 +13,9 @@ Modules:
 * :mod:`~halora.noise.mapping`: crossbar tiles and the weight <-> conductance mapping
   (:class:`DifferentialPair`, :class:`SingleDevice`) that every device model shares:
   ``max|W_tile|`` of a 64x64 tile maps to ``g_max``, so noise "in % of g_max" is
-  ``sigma * max|W_tile|`` in weight units;
+  ``sigma * max|W_tile|`` in weight units. Every tiled model takes ``tile=`` (``64``,
+  ``32x64``, ``full``) and ``split=`` (``fixed`` tiles, or ``even`` as aihwkit cuts a
+  matrix: ``tile=512,split=even`` is aihwkit's default tiling);
 * :mod:`~halora.noise.weight`: Gaussian, read, multiplicative and lognormal noise;
 * :mod:`~halora.noise.faults`: stuck-at faults and quantization;
 * :mod:`~halora.noise.devices`: the published device fits (Wan 2022, IBM CMO/HfOx);
@@ -22,7 +24,9 @@ Modules:
 Two kinds of model (:attr:`NoiseModel.per_read`): programming noise is drawn once per
 chip (each programmed chip is one draw); read noise is drawn anew at every forward pass.
 :func:`split_noise` separates the two parts of a composed model. :attr:`NoiseModel.level`
-is a model's magnitude (sigma) and :meth:`NoiseModel.scaled` multiplies it.
+is a model's sigma (None for models whose magnitude is not a sigma) and
+:meth:`NoiseModel.scaled` multiplies the magnitude: sigma, the stuck-at probabilities or a
+device fit's ``scale``; models without one (``quant``, ``none``) refuse to be scaled.
 
 Spec strings (:func:`parse_noise_spec`): ``name:key=value,key=value``; models are composed
 with ``+`` and applied left to right, e.g. ``gaussian:sigma=0.02,scale=tile,tile=64``,
@@ -31,8 +35,9 @@ with ``+`` and applied left to right, e.g. ``gaussian:sigma=0.02,scale=tile,tile
 string with every key spelled out; ``parse_noise_spec(m.spec()) == m``.
 
 Every model computes in float32 whatever the weight's dtype, takes all randomness from the
-``torch.Generator`` it is given (which must live on the weight's device), returns a new
-tensor of the weight's shape, dtype and device, and never modifies its input.
+``torch.Generator`` it is given, returns a new tensor of the weight's shape, dtype and
+device, and never modifies its input. Draws are made on the generator's device and moved
+to the weight's; chips use CPU generators, so a chip seed draws the same noise on any device.
 """
 
 from halora.noise.base import Chain, NoiseModel, NoNoise, split_noise
@@ -49,12 +54,26 @@ from halora.noise.devices import (
     Wan2022Noise,
 )
 from halora.noise.faults import Quantization, StuckAtFaults
-from halora.noise.mapping import DEFAULT_TILE, DifferentialPair, SingleDevice, Tile, TileScale, tile_reference
+from halora.noise.mapping import (
+    AIHWKIT_TILE,
+    DEFAULT_TILE,
+    FULL,
+    SPLITS,
+    DifferentialPair,
+    SingleDevice,
+    Tile,
+    TileLayout,
+    TileScale,
+    tile_reference,
+)
 from halora.noise.spec import GAUSSIAN_TEMPLATE, NOISE_MODELS, parse_noise_spec
 from halora.noise.weight import GaussianNoise, LognormalNoise, MultiplicativeNoise, ReadNoise
 
 __all__ = [
+    "AIHWKIT_TILE",
+    "FULL",
     "GAUSSIAN_TEMPLATE",
+    "SPLITS",
     "CMO_G_RANGE",
     "CMO_PROGRAMMING",
     "CMO_READ_K",
@@ -78,6 +97,7 @@ __all__ = [
     "SingleDevice",
     "StuckAtFaults",
     "Tile",
+    "TileLayout",
     "TileScale",
     "Wan2022Noise",
     "parse_noise_spec",

@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 import torch
 
 from halora.errors import UsageError
+from halora.noise.mapping import format_tile
 
 # --------------------------------------------------------------------------------------
 # Spec values: formatting, parsing and checks
@@ -33,10 +34,9 @@ def format_number(x: float) -> str:
 
 
 def format_value(value: Any) -> str:
-    """A field's text in a spec: tiles as ``64`` or ``32x64``, floats by :func:`format_number`."""
+    """A field's text in a spec: tiles as ``64``, ``32x64`` or ``full``, floats by :func:`format_number`."""
     if isinstance(value, tuple):  # a tile
-        rows, cols = value
-        return str(rows) if rows == cols else f"{rows}x{cols}"
+        return format_tile(value)
     if isinstance(value, float):
         return format_number(value)
     return str(value)
@@ -108,19 +108,43 @@ def check_weight(weight: torch.Tensor) -> None:
         raise TypeError(f"noise models take a floating-point weight, got {weight.dtype}")
 
 
+def check_strength(owner: str, value: Any) -> float:
+    """A noise multiplier (a device fit's ``strength``): finite and >= 0."""
+    value = float(value)
+    if not math.isfinite(value) or value < 0:
+        raise UsageError(f"{owner}: strength (noise multiplier) must be a finite number >= 0, got {value!r}")
+    return value
+
+
+# Draws are made on the generator's device (the CPU for every chip) and then moved to the
+# weight's: the same generator state gives the same numbers whether the weight is on the CPU
+# or a GPU, so a chip seed means one chip on every machine.
+
+
+def _draw_device(weight: torch.Tensor, generator: torch.Generator | None) -> torch.device:
+    return generator.device if generator is not None else weight.device
+
+
 def randn(weight: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """Standard normal float32 draws of ``weight``'s shape, on its device."""
-    return torch.randn(weight.shape, generator=generator, device=weight.device, dtype=torch.float32)
+    """Standard normal float32 draws of ``weight``'s shape, drawn as above, on ``weight``'s device."""
+    device = _draw_device(weight, generator)
+    draw = torch.randn(weight.shape, generator=generator, device=device, dtype=torch.float32)
+    return draw.to(weight.device)
 
 
 def rand(weight: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """Uniform [0, 1) float32 draws of ``weight``'s shape, on its device."""
-    return torch.rand(weight.shape, generator=generator, device=weight.device, dtype=torch.float32)
+    """Uniform [0, 1) float32 draws of ``weight``'s shape, drawn as above, on ``weight``'s device."""
+    device = _draw_device(weight, generator)
+    draw = torch.rand(weight.shape, generator=generator, device=device, dtype=torch.float32)
+    return draw.to(weight.device)
 
 
 # --------------------------------------------------------------------------------------
 # Base classes
 # --------------------------------------------------------------------------------------
+
+
+_NO_DEFAULT = object()
 
 
 class NoiseModel(ABC):
@@ -140,30 +164,53 @@ class NoiseModel(ABC):
     _KEYS: ClassVar[dict[str, Callable[[str], Any]]] = {}
     _REQUIRE_ONE_OF: ClassVar[tuple[str, ...]] = ()
 
+    _QUIET_DEFAULTS: ClassVar[dict[str, Any]] = {"split": "fixed"}
+    """Keys left out of :meth:`spec` at these values: keys added after specs were recorded,
+    so every spec written before them keeps its canonical text."""
+
     @abstractmethod
     def apply(self, weight: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Noisy copy of ``weight``.
 
         ``weight`` is 2-D ``[out_features, in_features]``, any float dtype, CPU or CUDA.
         Returns a new tensor of the same shape, dtype and device; computes in float32; all
-        randomness comes from ``generator`` (a ``torch.Generator`` on ``weight.device``).
+        randomness comes from ``generator`` (chips use a CPU generator: draws are made on the
+        generator's device and moved to ``weight.device``).
         """
 
     @property
     def level(self) -> float | None:
-        """The model's magnitude in its own units (sigma), or None when it has no single one."""
+        """The model's sigma (what a sweep reports as the condition's sigma), or None.
+
+        Only the sigma models have one. Stuck-at faults (probabilities) and the device fits
+        (a multiplier of a fitted noise) have a magnitude that is not a sigma: None, though
+        :meth:`scaled` multiplies it all the same.
+        """
         return None
 
     def scaled(self, factor: float) -> NoiseModel:
-        """This model with its magnitude (:attr:`level`) times ``factor``.
+        """This model with its magnitude times ``factor`` (the noise curriculum ramps it 0 -> 1).
 
-        A model without a magnitude returns itself, as does any model for ``factor == 1``.
+        Returns itself for ``factor == 1``. A model without a magnitude refuses any other
+        factor with a UsageError: a ramp over it would silently train at full strength.
+        ``scaled(0)`` of a model that has one is the identity, bit for bit.
         """
-        return self
+        if factor == 1.0:
+            return self
+        raise UsageError(
+            f"noise model {self.name!r} has no magnitude to scale (asked for x{factor:g}): the noise "
+            "curriculum can only ramp models with a magnitude (a sigma, stuck-at probabilities or "
+            "a device fit's scale); turn the ramp off (noise_ramp_steps=0) or use such a model"
+        )
 
     def spec(self) -> str:
-        """Canonical spec string, every key spelled out: ``parse_noise_spec(m.spec()) == m``."""
-        items = [f"{f.name}={format_value(getattr(self, f.name))}" for f in fields(self)]  # type: ignore[arg-type]
+        """Canonical spec string, every key spelled out except defaults listed in
+        ``_QUIET_DEFAULTS``: ``parse_noise_spec(m.spec()) == m``."""
+        items = [
+            f"{f.name}={format_value(getattr(self, f.name))}"
+            for f in fields(self)  # type: ignore[arg-type]
+            if self._QUIET_DEFAULTS.get(f.name, _NO_DEFAULT) != getattr(self, f.name)
+        ]
         return self.name + (":" + ",".join(items) if items else "")
 
     def __str__(self) -> str:
@@ -261,7 +308,8 @@ class Chain(NoiseModel):
         return next((m.level for m in self.models if m.level is not None), None)
 
     def scaled(self, factor: float) -> NoiseModel:
-        """Every component scaled by ``factor`` (itself for ``factor == 1``)."""
+        """Every component scaled by ``factor`` (itself for ``factor == 1``); refused, as by
+        :meth:`NoiseModel.scaled`, when a component has no magnitude."""
         if factor == 1.0:
             return self
         return Chain(tuple(m.scaled(factor) for m in self.models))

@@ -7,7 +7,9 @@ physical range and maps back. The constants keep the units and sources of their 
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from abc import abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -15,8 +17,27 @@ from typing import Any, ClassVar
 import torch
 
 from halora.errors import UsageError
-from halora.noise.base import Float32Model, format_number, parse_duration, parse_number, randn
-from halora.noise.mapping import DEFAULT_TILE, DifferentialPair, SingleDevice, Tile, as_tile, parse_tile
+from halora.noise.base import (
+    Float32Model,
+    NoiseModel,
+    check_strength,
+    choice,
+    format_number,
+    parse_duration,
+    parse_number,
+    randn,
+)
+from halora.noise.mapping import (
+    DEFAULT_SPLIT,
+    DEFAULT_TILE,
+    SPLITS,
+    DifferentialPair,
+    SingleDevice,
+    Tile,
+    as_split,
+    as_tile,
+    parse_tile,
+)
 
 # --------------------------------------------------------------------------------------
 # NeuRRAM, Wan et al. 2022
@@ -35,8 +56,47 @@ figures in IBM aihwkit's ReRamWan2022NoiseModel (g_max = 40 µS)."""
 _WAN_TIME_NAMES = {1.0: "1s", 86400.0: "1d", 172800.0: "2d"}
 
 
+class _DeviceFit(Float32Model):
+    """A published device fit on a tiled mapping, its noise multiplied by ``strength``.
+
+    ``strength`` (default 1, like aihwkit's ``noise_scale`` / ``prog_noise_scale``) is the
+    magnitude the noise curriculum ramps: :meth:`scaled` multiplies it and ``strength = 0`` is
+    the clean chip, bit for bit. It is written in the spec only when it is not 1, so the
+    canonical spec of the published fit stays as it was. :attr:`level` is None: a multiplier
+    is not a sigma. Not a dataclass itself: each fit declares the fields, in its spec's order.
+    """
+
+    tile: Tile
+    split: str
+    strength: float
+
+    _QUIET_DEFAULTS: ClassVar[dict[str, Any]] = {"split": DEFAULT_SPLIT, "strength": 1.0}
+
+    def _check_mapping_keys(self) -> None:
+        object.__setattr__(self, "tile", as_tile(self.tile, self.name))
+        object.__setattr__(self, "split", as_split(self.split, self.name))
+        object.__setattr__(self, "strength", check_strength(self.name, self.strength))
+
+    def scaled(self, factor: float) -> NoiseModel:
+        """This fit with its noise ``strength`` times ``factor``."""
+        if factor == 1.0:
+            return self
+        return dataclasses.replace(self, strength=self.strength * factor)  # type: ignore[type-var]
+
+    def _apply_f32(self, w: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        noisy = self._noisy(w, generator)
+        # strength 0: the draws are still taken, so the generator moves on as at any other strength
+        # (a chain's later parts see the same draws all along a curriculum), but the result is
+        # the clean weight itself rather than its round trip through conductances.
+        return w.clone() if self.strength == 0 else noisy
+
+    @abstractmethod
+    def _noisy(self, w: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """The fit's noisy copy of the float32 matrix ``w`` at this ``strength``."""
+
+
 @dataclass(frozen=True)
-class Wan2022Noise(Float32Model):
+class Wan2022Noise(_DeviceFit):
     """RRAM programming noise of the NeuRRAM chip, Wan et al., Nature 2022.
 
     Conductance-dependent Gaussian noise with ``sigma(x) = sum_i c_i x^i`` µS,
@@ -50,21 +110,29 @@ class Wan2022Noise(Float32Model):
     ``g- = max(-W, 0) * gmax / max|W_tile|``. Both devices get noise (the inactive one at
     g = 0 gets ``sigma(0) = c0``), conductances are clamped at >= 0, and
     ``W' = (g+ - g-) * max|W_tile| / gmax``. ``gmax`` defaults to 40 µS, the reference of the
-    fit; as in aihwkit the polynomial stays in µS for another ``gmax``, so a smaller gmax
-    means relatively more noise. All-zero tiles stay zero. No read noise (add ``read``).
+    fit (aihwkit's converter defaults to 25 µS); as in aihwkit the polynomial stays in µS for
+    another ``gmax``, so a smaller gmax means relatively more noise. All-zero tiles stay zero.
+    No read noise (add ``read``). aihwkit's own tiling is ``tile=512,split=even``
+    (:mod:`~halora.noise.mapping`).
+
+    ``strength`` multiplies the std ``sigma(x)`` (aihwkit's ``noise_scale``); see ``_DeviceFit``.
     """
 
     t: float = 1.0
     tile: Tile = DEFAULT_TILE
     gmax: float = 40.0
+    split: str = DEFAULT_SPLIT
+    strength: float = 1.0
 
     name: ClassVar[str] = "wan2022"
-    usage: ClassVar[str] = "wan2022:t=1|86400|172800 (1s|1d|2d),tile=64,gmax=40"
+    usage: ClassVar[str] = "wan2022:t=1|86400|172800 (1s|1d|2d),tile=64,gmax=40,split=fixed,strength=1"
     summary: ClassVar[str] = "NeuRRAM RRAM programming noise fit (Wan 2022, via aihwkit)"
     _KEYS: ClassVar[dict[str, Callable[[str], Any]]] = {
         "t": parse_duration,
         "tile": parse_tile,
         "gmax": parse_number,
+        "split": choice(*SPLITS),
+        "strength": parse_number,
     }
 
     def __post_init__(self) -> None:
@@ -77,25 +145,25 @@ class Wan2022Noise(Float32Model):
         if not (math.isfinite(gmax) and gmax > 0):
             raise UsageError(f"{self.name}: gmax must be > 0 (µS), got {gmax!r}; default 40")
         object.__setattr__(self, "gmax", gmax)
-        object.__setattr__(self, "tile", as_tile(self.tile, self.name))
+        self._check_mapping_keys()
 
     @property
     def mapping(self) -> DifferentialPair:
         """The differential pair, ``g_min = 0`` as in the fit."""
-        return DifferentialPair(self.tile, gmin=0.0, gmax=self.gmax)
+        return DifferentialPair(self.tile, gmin=0.0, gmax=self.gmax, split=self.split)
 
     def sigma_us(self, x: torch.Tensor) -> torch.Tensor:
         """Programming-noise std in µS at normalised conductance ``x = g / g_max``."""
         c = WAN2022_COEFFS[self.t]
         return (((c[4] * x + c[3]) * x + c[2]) * x + c[1]) * x + c[0]
 
-    def _apply_f32(self, w: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    def _noisy(self, w: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         pair = self.mapping
-        g_pos, g_neg, scale = pair.to_conductance(w)
-        g_pos = g_pos + self.sigma_us(g_pos / self.gmax) * randn(w, generator)
-        g_neg = g_neg + self.sigma_us(g_neg / self.gmax) * randn(w, generator)
+        g_pos, g_neg, tiles = pair.to_conductance(w)
+        g_pos = g_pos + self.sigma_us(g_pos / self.gmax).mul_(self.strength) * randn(w, generator)
+        g_neg = g_neg + self.sigma_us(g_neg / self.gmax).mul_(self.strength) * randn(w, generator)
         # Only the lower bound is physical here: the fit has no saturation at gmax (as aihwkit).
-        return pair.to_weight(g_pos.clamp_(min=pair.gmin), g_neg.clamp_(min=pair.gmin), scale)
+        return pair.to_weight(g_pos.clamp_(min=pair.gmin), g_neg.clamp_(min=pair.gmin), tiles)
 
 
 # --------------------------------------------------------------------------------------
@@ -137,7 +205,7 @@ def _check_conductance_range(owner: str, gmin: float, gmax: float) -> tuple[floa
 
 
 @dataclass(frozen=True)
-class CmoNoise(Float32Model):
+class CmoNoise(_DeviceFit):
     """IBM Zurich CMO/HfOx RRAM: programming noise plus conductance relaxation after ``t``.
 
     Source: IBM aihwkit's ReRamCMONoiseModel, fitted to the statistical characterisation of
@@ -156,7 +224,16 @@ class CmoNoise(Float32Model):
     ``g = (gmin + gmax)/2 + W / max|W_tile| * (gmax - gmin)/2`` (aihwkit's converter maps
     ``[min W, max W]`` of the whole matrix instead; symmetric keeps W = 0 at mid-range and
     matches the per-tile max used everywhere here). Default range 9-88.2 µS
-    (:data:`CMO_G_RANGE`). Read noise is the separate per-read model :class:`CmoReadNoise`.
+    (:data:`CMO_G_RANGE`). Read noise is the separate per-read model :class:`CmoReadNoise`
+    (aihwkit's drift step adds it: ``cmo+cmo_read`` is the closer match). aihwkit's default
+    ``acceptance_range=2e-2`` is not a key of its own table (2 and 0.2), so it falls back to
+    the smallest, 0.2 %: ``accept=0.2`` is aihwkit's effective default, 2 % is the default here.
+
+    ``strength`` multiplies all three noise terms: the programming std, the relaxation std and
+    the mean relaxation shift. The shift is a systematic error of the same size as the
+    spread (-1.0 µS mean, 0.89 µS std at t = 1 day), so it is part of the noise the
+    curriculum ramps, and only scaling it too makes ``strength = 0`` the clean chip; aihwkit's
+    ``drift_scale`` likewise multiplies both the relaxation mean and std. See ``_DeviceFit``.
     """
 
     t: float = 1.0
@@ -164,9 +241,11 @@ class CmoNoise(Float32Model):
     tile: Tile = DEFAULT_TILE
     gmin: float = CMO_G_RANGE[0]
     gmax: float = CMO_G_RANGE[1]
+    split: str = DEFAULT_SPLIT
+    strength: float = 1.0
 
     name: ClassVar[str] = "cmo"
-    usage: ClassVar[str] = "cmo:t=1,accept=2|0.2,tile=64,gmin=9,gmax=88.2"
+    usage: ClassVar[str] = "cmo:t=1,accept=2|0.2,tile=64,gmin=9,gmax=88.2,split=fixed,strength=1"
     summary: ClassVar[str] = "IBM CMO/HfOx RRAM programming noise + relaxation (aihwkit fit)"
     _KEYS: ClassVar[dict[str, Callable[[str], Any]]] = {
         "t": parse_duration,
@@ -174,6 +253,8 @@ class CmoNoise(Float32Model):
         "tile": parse_tile,
         "gmin": parse_number,
         "gmax": parse_number,
+        "split": choice(*SPLITS),
+        "strength": parse_number,
     }
 
     def __post_init__(self) -> None:
@@ -193,27 +274,27 @@ class CmoNoise(Float32Model):
         object.__setattr__(self, "accept", accept)
         object.__setattr__(self, "gmin", gmin)
         object.__setattr__(self, "gmax", gmax)
-        object.__setattr__(self, "tile", as_tile(self.tile, self.name))
+        self._check_mapping_keys()
 
     @property
     def mapping(self) -> SingleDevice:
         """One device per weight, weight 0 at mid-range, symmetric per tile."""
-        return SingleDevice(self.tile, self.gmin, self.gmax)
+        return SingleDevice(self.tile, self.gmin, self.gmax, split=self.split)
 
-    def _apply_f32(self, w: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    def _noisy(self, w: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         mapping = self.mapping
-        g, scale = mapping.to_conductance(w)
+        g, tiles = mapping.to_conductance(w)
         c0, c1 = CMO_PROGRAMMING[self.accept]
-        g = g + (g * c1 + c0) * randn(w, generator)
+        g = g + (g * c1 + c0).mul_(self.strength) * randn(w, generator)
         if self.t > 0:
             log_t = math.log(self.t)
-            sigma = CMO_RELAXATION_STD[0] * log_t + CMO_RELAXATION_STD[1]
-            g.add_(randn(w, generator).mul_(sigma).add_(CMO_RELAXATION_MEAN * log_t))
-        return mapping.to_weight(g.clamp_(self.gmin, self.gmax), scale)
+            sigma = (CMO_RELAXATION_STD[0] * log_t + CMO_RELAXATION_STD[1]) * self.strength
+            g.add_(randn(w, generator).mul_(sigma).add_(CMO_RELAXATION_MEAN * log_t * self.strength))
+        return mapping.to_weight(g.clamp_(self.gmin, self.gmax), tiles)
 
 
 @dataclass(frozen=True)
-class CmoReadNoise(Float32Model):
+class CmoReadNoise(_DeviceFit):
     """CMO/HfOx read (1/f) noise, re-drawn at every forward pass (``per_read`` True).
 
     ``sigma = 0.0277316 * |log10(g / 1 µS)| * sqrt(ln((t + t_read) / (2 t_read)))`` µS with
@@ -224,23 +305,28 @@ class CmoReadNoise(Float32Model):
     ``|log10 g|`` only matters for g < 1 µS (same distribution either way).
 
     Mapping as :class:`CmoNoise` (one device, symmetric per tile), applied to the weights it
-    is given, i.e. the programmed ones, with their own tile max.
+    is given, i.e. the programmed ones, with their own tile max. ``strength`` multiplies the read
+    std (aihwkit's ``read_noise_scale``); see ``_DeviceFit``.
     """
 
     t: float = 1.0
     tile: Tile = DEFAULT_TILE
     gmin: float = CMO_G_RANGE[0]
     gmax: float = CMO_G_RANGE[1]
+    split: str = DEFAULT_SPLIT
+    strength: float = 1.0
 
     per_read: ClassVar[bool] = True
     name: ClassVar[str] = "cmo_read"
-    usage: ClassVar[str] = "cmo_read:t=1,tile=64,gmin=9,gmax=88.2"
+    usage: ClassVar[str] = "cmo_read:t=1,tile=64,gmin=9,gmax=88.2,split=fixed,strength=1"
     summary: ClassVar[str] = "IBM CMO/HfOx RRAM read (1/f) noise, per forward pass (per_read)"
     _KEYS: ClassVar[dict[str, Callable[[str], Any]]] = {
         "t": parse_duration,
         "tile": parse_tile,
         "gmin": parse_number,
         "gmax": parse_number,
+        "split": choice(*SPLITS),
+        "strength": parse_number,
     }
 
     def __post_init__(self) -> None:
@@ -251,20 +337,20 @@ class CmoReadNoise(Float32Model):
         object.__setattr__(self, "t", t)
         object.__setattr__(self, "gmin", gmin)
         object.__setattr__(self, "gmax", gmax)
-        object.__setattr__(self, "tile", as_tile(self.tile, self.name))
+        self._check_mapping_keys()
 
     @property
     def mapping(self) -> SingleDevice:
         """As :attr:`CmoNoise.mapping`."""
-        return SingleDevice(self.tile, self.gmin, self.gmax)
+        return SingleDevice(self.tile, self.gmin, self.gmax, split=self.split)
 
     def sigma_us(self, g: torch.Tensor) -> torch.Tensor:
         """Read-noise std in µS at conductance ``g`` (µS)."""
         time_factor = math.sqrt(math.log((self.t + CMO_T_READ) / (2 * CMO_T_READ)))
         return g.log10().abs_().mul_(CMO_READ_K * time_factor)
 
-    def _apply_f32(self, w: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    def _noisy(self, w: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         mapping = self.mapping
-        g, scale = mapping.to_conductance(w)
-        g = g + self.sigma_us(g) * randn(w, generator)
-        return mapping.to_weight(g.clamp_(self.gmin, self.gmax), scale)
+        g, tiles = mapping.to_conductance(w)
+        g = g + self.sigma_us(g).mul_(self.strength) * randn(w, generator)
+        return mapping.to_weight(g.clamp_(self.gmin, self.gmax), tiles)

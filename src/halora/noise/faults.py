@@ -8,6 +8,7 @@ computed in weight units: the mapping is linear per tile, so a device stuck at `
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,51 +21,76 @@ from halora.noise.base import (
     Float32Model,
     NoiseModel,
     check_probability,
+    choice,
     format_value,
     parse_int,
     parse_number,
     rand,
 )
-from halora.noise.mapping import DEFAULT_TILE, DifferentialPair, Tile, as_tile, nonzero_or_one, parse_tile
+from halora.noise.mapping import (
+    DEFAULT_SPLIT,
+    DEFAULT_TILE,
+    SPLITS,
+    DifferentialPair,
+    Tile,
+    as_split,
+    as_tile,
+    nonzero_or_one,
+    parse_tile,
+)
 
 
-def _normalised_pair(tile: Tile) -> DifferentialPair:
+def _normalised_pair(tile: Tile, split: str) -> DifferentialPair:
     """The pair in units of g_max: faults and levels are fractions of the range, not µS."""
-    return DifferentialPair(tile, gmin=0.0, gmax=1.0)
+    return DifferentialPair(tile, gmin=0.0, gmax=1.0, split=split)
 
 
 @dataclass(frozen=True)
 class StuckAtFaults(Float32Model):
-    """Stuck-at faults: each cell independently SA0 with probability ``p0``, SA1 with ``p1``.
+    """Stuck-at faults of each device of the differential pair: SA0 with ``p0``, SA1 with ``p1``.
 
-    Differential mapping: a signed weight is ``g+ - g-``; the active device (``g+`` for
-    ``W > 0``, ``g-`` for ``W < 0``) holds ``|W| / max|W_tile| * (g_max - g_min)`` above
-    ``g_min`` and the other device sits at ``g_min``. Fault classes (RRAM test chips report
-    up to ~10 % faulty cells; HaLoRA evaluates SAF on Qwen2.5-0.5B):
+    Differential mapping (:attr:`mapping`): ``W = (g+ - g-) / s`` with
+    ``s = (g_max - g_min) / max|W_tile|``; the active device (``g+`` for ``W > 0``, ``g-``
+    for ``W < 0``) holds ``g_min + |W| s`` and the idle one sits at ``g_min``. Each of the two
+    devices independently is SA0 (stuck at ``g_min``) with probability ``p0``, SA1 (stuck at
+    ``g_max``) with probability ``p1``, else healthy; ``p0`` and ``p1`` are per device, and
+    SA0 and SA1 of one device are exclusive (``p0 + p1 <= 1``). RRAM test chips report up to
+    ~10 % faulty cells; HaLoRA evaluates SAF on Qwen2.5-0.5B.
 
-    * SA0: the active device is stuck at ``g_min``, so both devices read ``g_min``:
-      weight -> 0.
-    * SA1: the active device is stuck at ``g_max``: weight -> ``sign(W) * max|W_tile|``.
-      A weight of exactly 0 has no active device; choice: the stuck device is ``g+`` or
-      ``g-`` with equal probability, giving ``+max|W_tile|`` or ``-max|W_tile|``.
+    In weight units (the mapping is linear per tile, so the images are exact), with
+    ``r = max|W_tile|``: a healthy ``g+`` holds ``max(W, 0)``, a healthy ``g-`` holds
+    ``max(-W, 0)``, SA0 holds 0, SA1 holds ``r``, and ``W' = held(g+) - held(g-)``.
+    For ``W > 0`` (mirrored for ``W < 0``):
 
-    SA0 and SA1 are exclusive (``p0 + p1 <= 1``). Faults of the inactive device are not
-    modelled separately (SA0 there changes nothing). One uniform draw per cell decides:
-    ``u < p0`` SA0; ``p0 <= u < p0 + p1`` SA1 (the lower half of that band picks ``+`` for
-    zero weights). Tiles default to 64x64; edge tiles use their real elements.
+    * active SA0: ``W' = 0``; active SA1: ``W' = r``;
+    * idle SA1: ``W' = W - sign(W) r``, a near sign flip and the most damaging fault;
+    * idle SA0: no change (the idle device already reads ``g_min``);
+    * both SA1: 0; active SA0 and idle SA1: ``-r``.
+
+    A zero weight has both devices at ``g_min``: SA1 on ``g+`` gives ``+r``, on ``g-`` ``-r``.
+    The expected fraction of weights with at least one faulty device is
+    ``1 - (1 - p0 - p1)^2`` (about ``2 (p0 + p1)`` for small rates); the fraction whose value
+    changes is ``1 - (1 - p0 - p1)(1 - p1)`` for ``0 < |W| < r``, since idle SA0 is harmless.
+
+    Draws: one uniform per device, all of ``g+`` then all of ``g-``; ``u < p0`` is SA0,
+    ``p0 <= u < p0 + p1`` SA1. :attr:`level` is None (probabilities, not a sigma);
+    :meth:`scaled` multiplies ``p0`` and ``p1``. Tiles default to 64x64; edge tiles use their
+    real elements.
     """
 
     p0: float = 0.0
     p1: float = 0.0
     tile: Tile = DEFAULT_TILE
+    split: str = DEFAULT_SPLIT
 
     name: ClassVar[str] = "saf"
-    usage: ClassVar[str] = "saf:p0=P,p1=P,tile=64"
-    summary: ClassVar[str] = "stuck-at faults: SA0 -> 0, SA1 -> sign(W)*max|W_tile|"
+    usage: ClassVar[str] = "saf:p0=P,p1=P,tile=64|full,split=fixed|even"
+    summary: ClassVar[str] = "stuck-at faults per device of the pair: SA0 at g_min, SA1 at g_max"
     _KEYS: ClassVar[dict[str, Callable[[str], Any]]] = {
         "p0": parse_number,
         "p1": parse_number,
         "tile": parse_tile,
+        "split": choice(*SPLITS),
     }
     _REQUIRE_ONE_OF: ClassVar[tuple[str, ...]] = ("p0", "p1")
 
@@ -78,24 +104,39 @@ class StuckAtFaults(Float32Model):
         object.__setattr__(self, "p0", p0)
         object.__setattr__(self, "p1", p1)
         object.__setattr__(self, "tile", as_tile(self.tile, self.name))
+        object.__setattr__(self, "split", as_split(self.split, self.name))
 
     @property
     def mapping(self) -> DifferentialPair:
         """The differential pair the cells sit in, in units of g_max."""
-        return _normalised_pair(self.tile)
+        return _normalised_pair(self.tile, self.split)
+
+    def scaled(self, factor: float) -> NoiseModel:
+        """Both fault probabilities times ``factor`` (0 gives the fault-free chip)."""
+        if factor == 1.0:
+            return self
+        return dataclasses.replace(self, p0=self.p0 * factor, p1=self.p1 * factor)
 
     def _apply_f32(self, w: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        u = rand(w, generator)
-        p0, p1 = self.p0, self.p1
-        # Only the few faulty cells are computed: full-size temporaries cost more than the draw.
-        rows, cols = (u < p0 + p1).nonzero(as_tuple=True)
-        u_hit, w_hit = u[rows, cols], w[rows, cols]
-        full_scale_hit = self.mapping.full_scale_at(w, rows, cols)
-        zero_sign = torch.where(u_hit < p0 + 0.5 * p1, 1.0, -1.0)
-        sign = torch.where(w_hit == 0, zero_sign, torch.sign(w_hit))
+        u_pos, u_neg = rand(w, generator), rand(w, generator)
+        faulty = self.p0 + self.p1
+        # Only the few cells with a faulty device are computed: full-size temporaries cost
+        # more than the draw.
+        rows, cols = ((u_pos < faulty) | (u_neg < faulty)).nonzero(as_tuple=True)
+        w_hit = w[rows, cols]
+        full_scale = self.mapping.full_scale_at(w, rows, cols)
+        held_pos = self._held(w_hit.clamp(min=0), u_pos[rows, cols], full_scale)
+        held_neg = self._held(w_hit.neg().clamp_(min=0), u_neg[rows, cols], full_scale)
         out = w.clone()
-        out[rows, cols] = torch.where(u_hit < p0, torch.zeros_like(w_hit), sign * full_scale_hit)
+        # Weight units, no division: a cell whose faults change nothing keeps its exact value.
+        out[rows, cols] = held_pos - held_neg
         return out
+
+    def _held(self, healthy: torch.Tensor, u: torch.Tensor, full_scale: torch.Tensor) -> torch.Tensor:
+        """What one device holds, in weight units, after its fault draw ``u``."""
+        stuck_at_1 = (u >= self.p0) & (u < self.p0 + self.p1)
+        held = torch.where(u < self.p0, torch.zeros_like(healthy), healthy)
+        return torch.where(stuck_at_1, full_scale, held)
 
 
 def _levels_to_bits(levels: int) -> int | None:
@@ -135,18 +176,23 @@ class Quantization(Float32Model):
     ``g_min + m / max|W_tile| * (g_max - g_min)``, the other device at ``g_min``; each device
     therefore needs ``ceil(L / 2)`` conductance states (``2**(B-1)`` for ``bits=B``; RRAM
     cells typically hold 1-4 bits). Tiles default to 64x64.
+
+    Deterministic and without a magnitude: :meth:`scaled` refuses any factor but 1 (a noise
+    curriculum cannot ramp it).
     """
 
     levels: int
     tile: Tile = DEFAULT_TILE
+    split: str = DEFAULT_SPLIT
 
     name: ClassVar[str] = "quant"
-    usage: ClassVar[str] = "quant:bits=B,tile=64 or quant:levels=L,tile=64"
+    usage: ClassVar[str] = "quant:bits=B,tile=64 or quant:levels=L,tile=64 (tile=full, split=even too)"
     summary: ClassVar[str] = "uniform conductance levels per tile (bits=B: 2^B-1 levels)"
     _KEYS: ClassVar[dict[str, Callable[[str], Any]]] = {
         "bits": parse_int,
         "levels": parse_int,
         "tile": parse_tile,
+        "split": choice(*SPLITS),
     }
 
     @classmethod
@@ -166,16 +212,18 @@ class Quantization(Float32Model):
         if not 2 <= self.levels <= 2**24:
             raise UsageError(f"{self.name}: levels must be in [2, 2**24], got {self.levels}; e.g. bits=4")
         object.__setattr__(self, "tile", as_tile(self.tile, self.name))
+        object.__setattr__(self, "split", as_split(self.split, self.name))
 
     @property
     def mapping(self) -> DifferentialPair:
         """The differential pair the cells sit in, in units of g_max."""
-        return _normalised_pair(self.tile)
+        return _normalised_pair(self.tile, self.split)
 
     def spec(self) -> str:
         bits = _levels_to_bits(self.levels)
         count = f"bits={bits}" if bits is not None else f"levels={self.levels}"
-        return f"{self.name}:{count},tile={format_value(self.tile)}"
+        split = "" if self.split == DEFAULT_SPLIT else f",split={self.split}"
+        return f"{self.name}:{count},tile={format_value(self.tile)}{split}"
 
     def _apply_f32(self, w: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         full_scale = self.mapping.full_scale(w)

@@ -16,13 +16,23 @@ import torch
 
 from halora.errors import UsageError
 from halora.noise.base import Float32Model, NoiseModel, check_sigma, choice, parse_number, randn
-from halora.noise.mapping import DEFAULT_TILE, Tile, as_tile, parse_tile, tile_reference
+from halora.noise.mapping import (
+    DEFAULT_SPLIT,
+    DEFAULT_TILE,
+    SPLITS,
+    Tile,
+    TileLayout,
+    as_split,
+    as_tile,
+    parse_tile,
+    tile_reference,
+)
 
 _SCALES = ("tile", "channel", "tensor", "abs")
 
 
 def _scaled_gaussian(
-    w: torch.Tensor, sigma: float, scale: str, tile: Tile, generator: torch.Generator | None
+    w: torch.Tensor, sigma: float, scale: str, tile: Tile, split: str, generator: torch.Generator | None
 ) -> torch.Tensor:
     """``W + sigma * reference * N(0, 1)``, the reference chosen by ``scale``.
 
@@ -30,17 +40,11 @@ def _scaled_gaussian(
     same generator state gives the same underlying draw across settings (paired studies).
     """
     noise = randn(w, generator)
-    rows, cols = w.shape
     if scale == "tile":
-        tr, tc = tile
-        if rows % tr == 0 and cols % tc == 0:
-            # Fast path: no full-size reference, no abs() copy, one fused pass W + N * ref.
-            w4 = w.reshape(rows // tr, tr, cols // tc, tc)
-            ref = torch.maximum(w4.amax(dim=(1, 3)), w4.amin(dim=(1, 3)).neg_()).mul_(sigma)
-            noise4 = noise.view(w4.shape)
-            torch.addcmul(w4, noise4, ref[:, None, :, None], out=noise4)
-            return noise
-        noise.mul_(tile_reference(w, tile)).mul_(sigma)
+        uniform = TileLayout.of(w.shape, tile, split).uniform
+        if uniform is not None and _divides(uniform, w.shape):
+            return _add_tile_noise(w, noise, sigma, uniform)
+        noise.mul_(tile_reference(w, tile, split)).mul_(sigma)
     elif scale == "channel":
         noise.mul_(w.abs().amax(dim=1, keepdim=True).mul_(sigma))
     elif scale == "tensor":
@@ -48,6 +52,23 @@ def _scaled_gaussian(
     else:  # abs
         noise.mul_(sigma)
     return noise.add_(w)
+
+
+def _divides(tile: Tile, shape: torch.Size) -> bool:
+    return shape[0] % tile[0] == 0 and shape[1] % tile[1] == 0
+
+
+def _add_tile_noise(w: torch.Tensor, noise: torch.Tensor, sigma: float, tile: Tile) -> torch.Tensor:
+    """``W + N * sigma * max|W_tile|`` for a matrix that is a whole number of tiles, in ``noise``.
+
+    No full-size reference, no abs() copy: one fused pass over a [rows, tr, cols, tc] view.
+    """
+    (rows, cols), (tr, tc) = w.shape, tile
+    w4 = w.reshape(rows // tr, tr, cols // tc, tc)
+    ref = torch.maximum(w4.amax(dim=(1, 3)), w4.amin(dim=(1, 3)).neg_()).mul_(sigma)
+    noise4 = noise.view(w4.shape)
+    torch.addcmul(w4, noise4, ref[:, None, :, None], out=noise4)
+    return noise
 
 
 @dataclass(frozen=True)
@@ -77,11 +98,13 @@ class _SigmaNoise(Float32Model):
 class _ScaledGaussian(_SigmaNoise):
     scale: str = "tile"
     tile: Tile = DEFAULT_TILE
+    split: str = DEFAULT_SPLIT
 
     _KEYS: ClassVar[dict[str, Callable[[str], Any]]] = {
         "sigma": parse_number,
         "scale": choice(*_SCALES),
         "tile": parse_tile,
+        "split": choice(*SPLITS),
     }
 
     def __post_init__(self) -> None:
@@ -89,9 +112,10 @@ class _ScaledGaussian(_SigmaNoise):
         if self.scale not in _SCALES:
             raise UsageError(f"{self.name}: scale must be one of {', '.join(_SCALES)}, got {self.scale!r}")
         object.__setattr__(self, "tile", as_tile(self.tile, self.name))
+        object.__setattr__(self, "split", as_split(self.split, self.name))
 
     def _apply_f32(self, w: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        return _scaled_gaussian(w, self.sigma, self.scale, self.tile, generator)
+        return _scaled_gaussian(w, self.sigma, self.scale, self.tile, self.split, generator)
 
 
 @dataclass(frozen=True)
@@ -104,7 +128,9 @@ class GaussianNoise(_ScaledGaussian):
     The paper does not state the scale; ``ref`` is chosen by ``scale``:
 
     * ``tile`` (default): ``max|W_tile|`` of the element's ``tile`` (64x64; ``32x64`` is rows x
-      cols; edge tiles use their real elements). With ``max|W_tile|`` -> ``g_max`` this is
+      cols; ``full`` the whole matrix; edge tiles use their real elements; ``split=even``
+      cuts the matrix as aihwkit does, e.g. ``tile=512,split=even``, see
+      :mod:`halora.noise.mapping`). With ``max|W_tile|`` -> ``g_max`` this is
       noise of ``sigma * g_max`` in conductance, i.e. "sigma in % of g_max" per crossbar
       (:mod:`halora.noise.mapping`). It also matches the paper's reported accuracy drops
       (SmolLM2-135M perplexity 36.5 clean -> 40.9 / 49.8 / 135 at sigma 0.005 / 0.01 / 0.02).
@@ -116,7 +142,7 @@ class GaussianNoise(_ScaledGaussian):
     """
 
     name: ClassVar[str] = "gaussian"
-    usage: ClassVar[str] = "gaussian:sigma=S,scale=tile|channel|tensor|abs,tile=64"
+    usage: ClassVar[str] = "gaussian:sigma=S,scale=tile|channel|tensor|abs,tile=64|full,split=fixed|even"
     summary: ClassVar[str] = "additive Gaussian programming noise, std sigma*max|W_tile| (paper)"
 
 
@@ -132,7 +158,7 @@ class ReadNoise(_ScaledGaussian):
 
     per_read: ClassVar[bool] = True
     name: ClassVar[str] = "read"
-    usage: ClassVar[str] = "read:sigma=S,scale=tile|channel|tensor|abs,tile=64"
+    usage: ClassVar[str] = "read:sigma=S,scale=tile|channel|tensor|abs,tile=64|full,split=fixed|even"
     summary: ClassVar[str] = "Gaussian read noise, re-drawn every forward pass (per_read)"
 
 

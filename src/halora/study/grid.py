@@ -51,6 +51,10 @@ class StudySettings:
         choices=("loglik", "generate"),
     )
     baseline: str = setting("lora", "the arm family every method is compared with")
+    # A model-calibrated level beside the absolute sigmas: the sigma at which the baseline
+    # (seed 0) loses this many points on calibration chips; selection and test add it.
+    calibrate_drop: float = setting(0.0, "target drop in points of the calibrated level (0: off)", min=0)
+    calibrate_chips: int = setting(2, "calibration chips per probed sigma", min=1)
     bootstrap: int = setting(1000, "bootstrap resamples", min=10)
 
     def __post_init__(self) -> None:

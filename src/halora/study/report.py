@@ -109,6 +109,20 @@ def _selection_table(records: list[dict]) -> list[dict]:
     return [{"arm": arm, "spec": spec, "accuracy": statistics.fmean(v)} for (arm, spec), v in rows.items()]
 
 
+def _calibration_markdown(calibration: dict | None) -> list[str]:
+    if not calibration:
+        return []
+    probes = ", ".join(f"{sigma:.4g} → {accuracy:.1f}" for sigma, accuracy in calibration["probes"])
+    return [
+        "## Calibrated noise level",
+        "",
+        f"sigma {calibration['sigma']:.4g}: the baseline loses {calibration['drop']:.1f} points "
+        f"(target {calibration['target_drop']:g}; clean {calibration['clean']:.1f} %) on calibration "
+        f"chips, validation split. Probes (sigma → accuracy %): {probes}.",
+        "",
+    ]
+
+
 def report_markdown(report: dict) -> str:
     baseline = report["study"]["baseline"]
     lines = [
@@ -117,6 +131,7 @@ def report_markdown(report: dict) -> str:
         "Selection on the validation split; everything below on the test split.",
         "",
         *_chips_markdown(report.get("chips", {})),
+        *_calibration_markdown(report.get("calibration")),
         "## Selection (validation accuracy %, mean over chips and tasks)",
         "",
         "| arm | chip | accuracy |",

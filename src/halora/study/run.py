@@ -21,6 +21,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from halora import files
+from halora.calibrate import Calibration, calibrate_sigma
 from halora.evaluate import EvalSettings
 from halora.pipeline import Arm, Log, score, train_arm, training_examples
 from halora.study.grid import StudySettings
@@ -55,7 +56,11 @@ def run_study(study: StudySettings, out: str | Path, log: Log = print) -> dict:
         f"{', '.join(f'{s:g}' for s in study.select_sigmas)}"
     )
     selection_adapters = [(arm.name, trained(arm, 0)) for arm in study.arms]
-    selection_grid = ChipGrid(sigmas=study.select_sigmas, chips=study.select_chips, chip_set="validation")
+    calibration = _calibrate(study, tasks, selection_adapters, out, log)
+    extra_sigma = (calibration.sigma,) if calibration else ()
+    selection_grid = ChipGrid(
+        sigmas=(*study.select_sigmas, *extra_sigma), chips=study.select_chips, chip_set="validation"
+    )
     selection = _score(study, tasks, selection_adapters, selection_grid, out / "select", "val", "loglik")
     chosen = choose_arms(study, selection)
     log("chosen on validation: " + ", ".join(f"{m}: {a}" for m, a in chosen.items()))
@@ -66,17 +71,41 @@ def run_study(study: StudySettings, out: str | Path, log: Log = print) -> dict:
         for seed in range(study.train_seeds)
     ]
     test_grid = ChipGrid(
-        sigmas=study.test_sigmas, extra_noise=(study.saf,) if study.saf else (), chips=study.test_chips
+        sigmas=(*study.test_sigmas, *extra_sigma),
+        extra_noise=(study.saf,) if study.saf else (),
+        chips=study.test_chips,
     )
     finals = {
         scorer: _score(study, tasks, final_adapters, test_grid, out / f"final-{scorer}", "test", scorer)
         for scorer in study.scorers
     }
     report = build_report(study, chosen, selection, finals)
+    report["calibration"] = calibration.to_json() if calibration else None
     files.write_json(out / "results.json", report)
     files.write_text(out / "report.md", report_markdown(report))
     log((out / "report.md").read_text(encoding="utf-8"))
     return report
+
+
+def _calibrate(study: StudySettings, tasks: list[Task], adapters, out: Path, log: Log) -> Calibration | None:
+    """The model-calibrated noise level, searched with the baseline's seed-0 adapter."""
+    if study.calibrate_drop <= 0:
+        return None
+    baseline = next(arm for arm in study.arms if arm.group == study.baseline)
+    folder = dict(adapters)[baseline.name]
+    log(f"calibrating: the sigma at which {baseline.name} loses {study.calibrate_drop:g} points")
+    calibration = calibrate_sigma(
+        study.model,
+        tasks,
+        (baseline.name, folder),
+        study.calibrate_drop,
+        out / "calibrate",
+        chips=study.calibrate_chips,
+        items=study.val_items,
+        log=log,
+    )
+    log(f"calibrated level: sigma {calibration.sigma:.4g} (drop {calibration.drop:.1f} points)")
+    return calibration
 
 
 def _score(
