@@ -26,7 +26,7 @@ class EncodedChoices:
     """A prompt and its options, to score every option after the one shared prompt."""
 
     prompt_ids: list[int]
-    option_ids: list[list[int]]  # one list per option, never cut
+    option_ids: list[list[int]]  # one list per option (+ eos), never cut
 
 
 def prompt_ids(tokenizer: PreTrainedTokenizerBase, prompt: str, room: int) -> list[int]:
@@ -54,11 +54,17 @@ def encode_pair(
 
 
 def encode_choices(
-    tokenizer: PreTrainedTokenizerBase, prompt: str, options: Sequence[str], max_length: int, add_eos: bool
+    tokenizer: PreTrainedTokenizerBase,
+    prompt: str,
+    options: Sequence[str],
+    max_length: int,
+    add_eos: bool = True,
 ) -> EncodedChoices:
-    """Token ids of a prompt and of each of its options (+ eos). The prompt keeps the end
-    that fits with the longest option, and at least one token: the first option token is
-    predicted from it."""
+    """Token ids of a prompt and of each of its options (+ eos, as `encode_pair` ends an
+    answer: scoring an option then scores the token ids training fits, and an option that
+    is a token prefix of another can lose to it). The prompt keeps the end that fits with
+    the longest option (+ eos), and at least one token: the first option token is predicted
+    from it."""
     option_ids = [answer_ids(tokenizer, option, add_eos) for option in options]
     longest = max((len(ids) for ids in option_ids), default=0)
     return EncodedChoices(prompt_ids(tokenizer, prompt, max(max_length - longest, 1)), option_ids)

@@ -1,13 +1,24 @@
 """Scoring a model (clean or programmed, with or without an adapter) on tasks.
 
 Two scorers, as lm-evaluation-harness defines them:
-- log-likelihood multiple choice, where a task has options: the option whose tokens get
-  the highest summed log-probability after the prompt wins (`acc`), or the highest per
-  byte of option text (`acc_norm`). It degrades gradually under noise;
+- log-likelihood multiple choice, where a task has options. Each option is scored as
+  the summed log-probability of its tokens after the prompt *followed by the tokenizer's
+  end-of-sequence token*, log P(option + EOS | prompt): the same token ids training fits
+  (encoding.encode_pair ends every answer with EOS). Without the end marker an option
+  whose tokens are a prefix of another's could never lose to it (log P(" 1") >
+  log P(" 11") whatever the model, as SmolLM2 splits digits; " mother" always beats
+  " mother-in-law"); with it, " 1" must also say "and nothing more". Two accuracies:
+  `acc`, the option with the highest summed log-probability (EOS included) wins, and
+  `acc_norm`, the highest summed log-probability (EOS included) divided by the option
+  text's length in UTF-8 bytes (lm-evaluation-harness's acc_norm; the harness divides by
+  len() of the string, the same for ASCII options). Both keep their per-item 1/0 verdicts
+  (`items`, `items_norm`) for bootstrap intervals. A tokenizer without an EOS token scores
+  the options alone. Degrades gradually under noise;
 - greedy generation with the task's answer extraction, where it has none (or when asked):
   exact answers, which collapse once the model's first token goes wrong.
 Both are batched and deterministic, and both take their token ids from halora.encoding,
-as training does: the prompt with its special tokens, a long prompt cut from its start.
+as training does: the prompt with its special tokens, a long prompt cut from its start
+(prompt + option + EOS fit `max_length`, as prompt + answer + EOS do in training).
 """
 
 from __future__ import annotations
@@ -17,7 +28,6 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from halora.encoding import encode_choices, prompt_ids
@@ -26,9 +36,6 @@ from halora.settings import check, setting
 from halora.tasks import Example, Task
 
 SCORERS = ("auto", "loglik", "generate")
-# Training ends every answer with the end-of-sequence token; scoring does not count it
-# after an option yet, so that scores stay comparable with those already measured.
-SCORE_EOS_AFTER_OPTIONS = False
 
 
 @dataclass(frozen=True)
@@ -54,14 +61,18 @@ class EvalSettings:
 
 @dataclass
 class TaskScore:
+    """`accuracy` is acc (loglik: summed log-probability of option + EOS) or the generation
+    accuracy; `acc_norm` (loglik only) divides that sum by the option's byte length."""
+
     task: str
     scorer: str
     accuracy: float
     n: int
     chance: float
     acc_norm: float | None = None
-    items: list[int] = field(default_factory=list)  # 1/0 per item: bootstrap CIs need them
-    tokens: int = 0  # tokens the model processed (for throughput)
+    items: list[int] = field(default_factory=list)  # 1/0 per item for `accuracy`: bootstrap CIs
+    items_norm: list[int] | None = None  # 1/0 per item for `acc_norm` (loglik only)
+    tokens: int = 0  # tokens the model read (for throughput)
 
     def to_json(self) -> dict:
         return {
@@ -71,9 +82,14 @@ class TaskScore:
             "acc_norm": self.acc_norm,
             "n": self.n,
             "chance": self.chance,
-            "items": "".join(str(i) for i in self.items),
+            "items": _bits(self.items),
+            "items_norm": None if self.items_norm is None else _bits(self.items_norm),
             "tokens": self.tokens,
         }
+
+
+def _bits(items: list[int]) -> str:
+    return "".join(str(i) for i in items)
 
 
 def scorer_for(examples: list[Example], requested: str) -> str:
@@ -114,47 +130,64 @@ def _score_choices(model, tokenizer, task, examples, settings) -> TaskScore:
     for example in examples:
         scores = logliks[start : start + len(example.options)]
         start += len(example.options)
-        per_byte = [s / max(len(o.encode()), 1) for s, o in zip(scores, example.options, strict=True)]
         correct.append(int(_argmax(scores) == example.gold))
-        correct_norm.append(int(_argmax(per_byte) == example.gold))
+        correct_norm.append(int(_argmax(per_byte(scores, example.options)) == example.gold))
     n = len(examples)
     return TaskScore(
-        task.name, "loglik", sum(correct) / n, n, task.chance, sum(correct_norm) / n, correct, tokens
+        task.name,
+        "loglik",
+        accuracy=sum(correct) / n,
+        n=n,
+        chance=task.chance,
+        acc_norm=sum(correct_norm) / n,
+        items=correct,
+        items_norm=correct_norm,
+        tokens=tokens,
     )
 
 
+def per_byte(scores: list[float], options: list[str]) -> list[float]:
+    """acc_norm's scores: each option's log-likelihood over its text's length in UTF-8 bytes."""
+    return [score / max(len(option.encode()), 1) for score, option in zip(scores, options, strict=True)]
+
+
 def _argmax(values: list[float]) -> int:
-    return max(range(len(values)), key=values.__getitem__)
+    return max(range(len(values)), key=values.__getitem__)  # the first of equal scores
+
+
+def option_logliks(
+    model, tokenizer, pairs: list[tuple[str, str]], settings: EvalSettings, eos: bool = True
+) -> tuple[list[float], int]:
+    """Summed log-probability of each option's tokens, then of the end-of-sequence token
+    (unless `eos` is false, or the tokenizer has none), after its prompt; tokens read.
+    `option_token_logprobs` has the terms of each sum."""
+    per_token, tokens = option_token_logprobs(model, tokenizer, pairs, settings, eos)
+    return [sum(terms) for terms in per_token], tokens
 
 
 @torch.no_grad()
-def option_logliks(
-    model, tokenizer, pairs: list[tuple[str, str]], settings: EvalSettings
-) -> tuple[list[float], int]:
-    """Summed log-probability of each option's tokens after its prompt; tokens processed.
+def option_token_logprobs(
+    model, tokenizer, pairs: list[tuple[str, str]], settings: EvalSettings, eos: bool = True
+) -> tuple[list[list[float]], int]:
+    """Log-probability of each token of each option after its prompt, the end-of-sequence
+    token last when `eos` (and the tokenizer has one); tokens the model read.
 
     A prompt is run once and its key/value cache is shared by all of its options (a
     multiple-choice item has 2-5 options and a prompt ten times longer than an option),
     and only the positions that predict option tokens get logits. A prompt too long for
-    `settings.max_length` with its longest option keeps its end.
+    `settings.max_length` with its longest option (+ EOS) keeps its end.
     """
     prompts: dict[str, list[int]] = {}  # prompt text -> indices of its pairs
     for index, (prompt, _) in enumerate(pairs):
         prompts.setdefault(prompt, []).append(index)
     groups = sorted(prompts.items(), key=lambda item: -len(item[0]))
-    results = [0.0] * len(pairs)
+    results: list[list[float]] = [[] for _ in pairs]
     tokens = 0
     batches = range(0, len(groups), settings.eval_batch_size)
     for start in tqdm(batches, desc="loglik", disable=not settings.progress, leave=False):
         batch = groups[start : start + settings.eval_batch_size]
         encoded = [
-            encode_choices(
-                tokenizer,
-                prompt,
-                [pairs[i][1] for i in indices],
-                settings.max_length,
-                SCORE_EOS_AFTER_OPTIONS,
-            )
+            encode_choices(tokenizer, prompt, [pairs[i][1] for i in indices], settings.max_length, eos)
             for prompt, indices in batch
         ]
         scores, used = _score_options(
@@ -162,14 +195,16 @@ def option_logliks(
         )
         tokens += used
         for (_, indices), per_prompt in zip(batch, scores, strict=True):
-            for index, score in zip(indices, per_prompt, strict=True):
-                results[index] = score
+            for index, terms in zip(indices, per_prompt, strict=True):
+                results[index] = terms
     return results, tokens
 
 
 def _score_options(
     model, tokenizer, prompt_ids: list[list[int]], options: list[list[list[int]]]
-) -> tuple[list[list[float]], int]:
+) -> tuple[list[list[list[float]]], int]:
+    """Per prompt, per option, the log-probability of each option token; tokens read (each
+    prompt once, each option but its last token, which is only predicted)."""
     device = _device_of(model)
     pad = _pad_id(tokenizer)
     ids, mask = _pad(prompt_ids, pad, left=True)
@@ -181,17 +216,19 @@ def _score_options(
         use_cache=True,
         logits_to_keep=1,
     )
-    first = F.log_softmax(out.logits[:, -1].float(), dim=-1).cpu()  # predicts each option's 1st token
     owners = [row for row, per_prompt in enumerate(options) for _ in per_prompt]
     flat = [ids_ for per_prompt in options for ids_ in per_prompt]
-    scores = [
-        first[owner, option[0]].item() if option else 0.0 for owner, option in zip(owners, flat, strict=True)
-    ]
-    tokens = int(mask.sum()) + sum(len(option) for option in flat)
+    # the last prompt position predicts each option's first token
+    firsts = _token_logprobs(
+        out.logits[owners, -1:], torch.tensor([[option[0] if option else 0] for option in flat])
+    )
+    terms = [[row[0]] if option else [] for row, option in zip(firsts, flat, strict=True)]
+    tokens = int(mask.sum()) + sum(max(len(option) - 1, 0) for option in flat)
     if max(len(option) for option in flat) > 1:  # the rest of each option, on the shared cache
         cache = getattr(out, "cache", None) or out.past_key_values
         cache.batch_select_indices(torch.tensor(owners, device=device))
         rest, rest_mask = _pad([option[:-1] for option in flat], pad, left=False)
+        targets, _ = _pad([option[1:] for option in flat], 0, left=False)
         full_mask = torch.cat([mask[owners], rest_mask], dim=1)
         rest_positions = mask.sum(-1)[owners, None] + torch.arange(rest.shape[1])
         logits = model(
@@ -200,15 +237,20 @@ def _score_options(
             position_ids=rest_positions.to(device),
             **{_cache_keyword(model): cache},
         ).logits
-        logprobs = F.log_softmax(logits.float(), dim=-1).cpu()
-        for row, option in enumerate(flat):
-            for step, token in enumerate(option[1:]):
-                scores[row] += logprobs[row, step, token].item()
+        for row, (option, picked) in enumerate(zip(flat, _token_logprobs(logits, targets), strict=True)):
+            terms[row] += picked[: len(option) - 1]
     per_prompt, cursor = [], 0
     for group in options:
-        per_prompt.append(scores[cursor : cursor + len(group)])
+        per_prompt.append(terms[cursor : cursor + len(group)])
         cursor += len(group)
     return per_prompt, tokens
+
+
+def _token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> list[list[float]]:
+    """log_softmax(logits)[..., target] per row and position, without the log_softmax tensor."""
+    logits = logits.float()
+    picked = logits.gather(-1, targets.to(logits.device)[..., None])[..., 0]
+    return (picked - torch.logsumexp(logits, dim=-1)).cpu().tolist()
 
 
 def _cache_keyword(model) -> str:
@@ -242,7 +284,8 @@ def _score_generations(model, tokenizer, task, examples, settings) -> TaskScore:
         int(task.score(example, text) >= 1.0) for example, text in zip(examples, completions, strict=True)
     ]
     n = len(examples)
-    return TaskScore(task.name, "generate", sum(correct) / n, n, task.chance, None, correct, tokens)
+    accuracy = sum(correct) / n
+    return TaskScore(task.name, "generate", accuracy, n, task.chance, items=correct, tokens=tokens)
 
 
 @torch.no_grad()
