@@ -84,11 +84,11 @@ def test_chip_grid_conditions():
     assert [c.sigma for c in grid.conditions()] == [0.0, 0.01, None] and grid.seeds == (0, 1)
 
 
-def test_demo_presets_hold_the_recipes_the_demo_has_always_run():
+def test_demo_presets_hold_the_study_recipe_and_five_chips():
     full, quick = load_preset("full"), load_preset("quick")
     lora = full.recipe("lora")
     assert (lora.steps, lora.batch_size, lora.lr, lora.warmup_steps, lora.max_length) == (60, 8, 3e-3, 6, 96)
-    assert (full.train_n, full.items, full.chips, full.sigmas) == (300, 24, 3, (0.005, 0.01, 0.02))
+    assert (full.train_n, full.items, full.chips, full.sigmas) == (300, 16, 5, (0.005, 0.01, 0.02))
     halora = full.recipe("halora")
     assert (halora.redraw_every, halora.mu, halora.reduction) == (10, 0.1, "mean")
     assert halora.train_noise == "gaussian:sigma=0.02,scale=tile,tile=64"
@@ -98,8 +98,8 @@ def test_demo_presets_hold_the_recipes_the_demo_has_always_run():
         2,
         5,
         60,
-        10,
-        2,
+        5,
+        5,
     )
     assert TrainSettings().train_noise == halora.train_noise  # halora train's default is the demo's
 
