@@ -61,8 +61,9 @@ def test_summary_average_has_an_interval_around_its_mean():
 def test_markdown_summary_shows_intervals_and_recovery():
     text = markdown_summary(sweep_records(), "t")
     line = next(line for line in text.splitlines() if line.startswith("| lora | sigma=0.02 | 3 |"))
-    average = line.rstrip(" |").rsplit("| ", 1)[1]
-    mean, interval = average.split(" ", 1)
+    average, acc_norm = line.rstrip(" |").rsplit("| ", 2)[1:]
+    assert acc_norm.strip() == "–"  # these cells carry no per-item acc_norm
+    mean, interval = average.strip().split(" ", 1)
     low, high = (float(x) for x in interval.strip("[]").split(", "))
     assert low <= float(mean) <= high and "±" in line  # per-task columns keep mean ± std
     assert "- sigma=0.02: " in text and "[" in text.split("- sigma=0.02: ")[1]
@@ -126,3 +127,13 @@ def test_study_markdown_shows_each_number_with_its_interval():
     assert "- test, g: 0, 1, 2" in text and "- selection, g: 1000, 1001, 1002" in text
     row["recovery"] = dict(row["recovery"], drop_significant=False)
     assert "n/a (lora's drop is not significant)" in report_markdown(report)
+
+
+def test_acc_norm_is_reported_beside_acc_with_its_interval():
+    records = [dict(r, items_norm=r["items"][::-1]) for r in sweep_records()]
+    rows = summary_rows(records, resamples=200)
+    for row in rows:
+        norm = row["acc_norm"]
+        assert norm["low"] <= norm["mean"] <= norm["high"]
+        assert norm["mean"] == pytest.approx(row["tasks"][AVERAGE]["mean"])  # same items, reversed
+    assert summary_rows(sweep_records(), resamples=50)[0]["acc_norm"] is None

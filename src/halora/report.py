@@ -101,6 +101,7 @@ def summary_rows(records: list[dict], resamples: int = 1000) -> list[dict]:
         complete = [s for s in by_seed.values() if len(s) == len(tasks)]
         row["tasks"][AVERAGE] = _mean_std([statistics.fmean(s.values()) for s in complete])
         row["tasks"][AVERAGE].update(_interval(grouped[key], resamples))
+        row["acc_norm"] = _acc_norm(grouped[key], resamples)
         rows.append(row)
     return sorted(
         rows,
@@ -126,6 +127,17 @@ def _interval(cells: list[dict], resamples: int) -> dict[str, float | None]:
     except ValueError:
         return {"low": None, "high": None}
     return {"low": estimate.low, "high": estimate.high}
+
+
+def _acc_norm(cells: list[dict], resamples: int) -> dict[str, float] | None:
+    """The task-averaged acc_norm (log-likelihood per byte, as lm-eval reports it beside
+    acc) with its interval; None where the cells have no per-item acc_norm (generation)."""
+    from halora.study.stats import accuracy_ci
+
+    if not all(cell.get("items_norm") for cell in cells):
+        return None
+    estimate = accuracy_ci(cells, resamples, field="items_norm")
+    return {"mean": estimate.value, "low": estimate.low, "high": estimate.high}
 
 
 def _mean_std(values: list[float]) -> dict[str, float]:
@@ -191,18 +203,20 @@ def recovery_estimate(
 def markdown_summary(records: list[dict], title: str) -> str:
     rows = summary_rows(records)
     tasks = sorted({task for row in rows for task in row["tasks"] if task != AVERAGE})
-    header = ["method", "chip", "seeds", *tasks, AVERAGE]
+    header = ["method", "chip", "seeds", *tasks, AVERAGE, "acc_norm average"]
     lines = [
         f"# {title}",
         "",
-        "Accuracy in % (per task: mean ± std over chip seeds; average: mean [95 % interval] "
-        "from a bootstrap over chips and test items).",
+        "Accuracy (acc) in % (per task: mean ± std over chip seeds; average: mean [95 % interval] "
+        "from a bootstrap over chips and test items); acc_norm: the same average with options "
+        "scored per byte, as lm-eval reports it.",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
     ]
     for row in rows:
-        cells = [_fmt(row["tasks"].get(task)) for task in tasks] + [_fmt_ci(row["tasks"].get(AVERAGE))]
+        cells = [_fmt(row["tasks"].get(task)) for task in tasks]
+        cells += [_fmt_ci(row["tasks"].get(AVERAGE)), _fmt_ci(row.get("acc_norm"))]
         lines.append(f"| {row['method']} | {row['condition']} | {row['seeds']} | " + " | ".join(cells) + " |")
     ratios = [
         (row["condition"], recovery_estimate(records, row["condition"]))
