@@ -26,13 +26,10 @@ methods refuse them with a clear error; lora and reg run under them.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
-import platform
 import shutil
-import sys
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import ClassVar
 
@@ -50,16 +47,16 @@ from transformers import (
 from transformers.trainer_utils import get_last_checkpoint
 
 from halora import files
-from halora.cim import Chip, Placement, canonical_name
+from halora.cim import Chip, Placement
 from halora.encoding import encode_pair
 from halora.errors import UsageError
 from halora.lora import REDUCTIONS, LoraSettings, attach_lora, halora_regularizer, lora_factors
 from halora.noise import GAUSSIAN_TEMPLATE, parse_noise_spec, split_noise
 from halora.seeds import derive_seed
 from halora.settings import check, key_names, setting
+from halora.sidecar import SIDECAR, sidecar, weights_hash
 
 METHODS: tuple[str, ...] = ("lora", "noisy", "reg", "halora", "curriculum")
-SIDECAR = "halora.json"
 LOG_FILE = "train_log.jsonl"
 NOISE_SEED_BASE = 1234
 
@@ -444,62 +441,3 @@ def _refuse_sharded_noise(trainer: Trainer) -> None:
             "ZeRO-3 shard: train noisy/halora/curriculum with DDP or DeepSpeed ZeRO-1/2 "
             "(the frozen base is small next to the GPU), or use method lora/reg"
         )
-
-
-def weights_hash(model: torch.nn.Module) -> str:
-    """sha256 over the base model's named tensors: ties an adapter to the weights it was
-    trained on. Adapter tensors are left out, so the hash is the same with or without one."""
-    digest = hashlib.sha256()
-    base = {
-        canonical_name(name): tensor for name, tensor in model.state_dict().items() if "lora_" not in name
-    }
-    for name, tensor in sorted(base.items()):
-        digest.update(name.encode())
-        digest.update(str(tensor.dtype).encode())
-        digest.update(tensor.detach().to("cpu").contiguous().view(-1).view(torch.uint8).numpy())
-    return digest.hexdigest()
-
-
-def sidecar(
-    settings: TrainSettings,
-    lora: LoraSettings,
-    placement: Placement,
-    model_name: str,
-    base_hash: str,
-    extra: dict,
-) -> dict:
-    """What PEFT's adapter_config.json cannot hold: how the adapter was trained."""
-    import peft
-    import transformers
-
-    from halora import __version__
-
-    return {
-        "halora_version": __version__,
-        "method": settings.method,
-        "training": asdict(settings),
-        "noise_ramp_steps_used": settings.ramp_steps if settings.injects_noise else 0,
-        "noise_seed_used": settings.effective_noise_seed if settings.injects_noise else None,
-        "lora": asdict(lora),
-        "placement": asdict(placement),
-        "base_model": model_name,
-        "base_model_sha256": base_hash,
-        "versions": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "peft": peft.__version__,
-        },
-        "command": sys.argv,
-        **extra,
-    }
-
-
-def read_sidecar(adapter_dir: str | Path) -> dict:
-    path = Path(adapter_dir) / SIDECAR
-    if not path.is_file():
-        raise UsageError(f"{adapter_dir} has no {SIDECAR}: not an adapter trained by halora train")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise UsageError(f"{path} is not valid JSON ({err.msg} at line {err.lineno})") from err

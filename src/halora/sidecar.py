@@ -1,0 +1,86 @@
+"""What an adapter folder records beside PEFT's files: halora.json, the provenance of a run.
+
+PEFT drops unknown keys from adapter_config.json, so how an adapter was trained (method,
+noise, seeds, the base model and a hash of its weights, versions) lives in this sidecar.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from halora.cim import canonical_name
+from halora.errors import UsageError
+
+if TYPE_CHECKING:
+    from halora.cim import Placement
+    from halora.lora import LoraSettings
+    from halora.train import TrainSettings
+
+SIDECAR = "halora.json"
+
+
+def weights_hash(model: torch.nn.Module) -> str:
+    """sha256 over the base model's named tensors: ties an adapter to the weights it was
+    trained on. Adapter tensors are left out, so the hash is the same with or without one."""
+    digest = hashlib.sha256()
+    base = {
+        canonical_name(name): tensor for name, tensor in model.state_dict().items() if "lora_" not in name
+    }
+    for name, tensor in sorted(base.items()):
+        digest.update(name.encode())
+        digest.update(str(tensor.dtype).encode())
+        digest.update(tensor.detach().to("cpu").contiguous().view(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+def sidecar(
+    settings: TrainSettings,
+    lora: LoraSettings,
+    placement: Placement,
+    model_name: str,
+    base_hash: str,
+    extra: dict,
+) -> dict:
+    """What PEFT's adapter_config.json cannot hold: how the adapter was trained."""
+    import peft
+    import transformers
+
+    from halora import __version__
+
+    return {
+        "halora_version": __version__,
+        "method": settings.method,
+        "training": asdict(settings),
+        "noise_ramp_steps_used": settings.ramp_steps if settings.injects_noise else 0,
+        "noise_seed_used": settings.effective_noise_seed if settings.injects_noise else None,
+        "lora": asdict(lora),
+        "placement": asdict(placement),
+        "base_model": model_name,
+        "base_model_sha256": base_hash,
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "peft": peft.__version__,
+        },
+        "command": sys.argv,
+        **extra,
+    }
+
+
+def read_sidecar(adapter_dir: str | Path) -> dict:
+    path = Path(adapter_dir) / SIDECAR
+    if not path.is_file():
+        raise UsageError(f"{adapter_dir} has no {SIDECAR}: not an adapter trained by halora train")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise UsageError(f"{path} is not valid JSON ({err.msg} at line {err.lineno})") from err
