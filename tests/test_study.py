@@ -165,3 +165,16 @@ def test_bundled_studies_load_and_every_arm_is_a_valid_recipe(name):
     assert study.model in ("smollm2-135m", "gemma3-270m") and study.train_seeds >= 1
     for arm in study.arms:  # TrainSettings checks every value: a typo in a preset fails here
         assert arm.train_settings(study.base, seed=0).method == arm.method
+
+
+def test_study_flags_override_the_file(tmp_path):
+    from halora.cli import _parse
+    from halora.commands.study import study_path
+    from halora.settings import given_flags
+
+    path = write_study(tmp_path)
+    args = _parse(["study", "--study", str(path), "--out", "o", "--test-chips", "3", "--test-sigmas", "0.01"])
+    study = load_study(study_path(args.study), given_flags(args, StudySettings))
+    assert (study.test_chips, study.test_sigmas, study.test_items) == (3, (0.01,), 6)
+    with pytest.raises(UsageError, match="no study 'nosuch'.*reduced"):
+        study_path("nosuch")

@@ -6,6 +6,8 @@ import argparse
 from pathlib import Path
 
 from halora.errors import UsageError
+from halora.settings import add_flags, given_flags
+from halora.study.grid import StudySettings, load_study
 
 HELP = (
     "Robustness study: train a grid of recipes, select per method on the validation split, "
@@ -27,8 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(default: reduced)",
     )
     parser.add_argument("--out", required=True, help="study folder (resumes when it exists)")
-    parser.add_argument("--model", help="override [study] model")
-    parser.add_argument("--tasks", help="override [study] tasks")
+    add_flags(parser, StudySettings, "study settings (override the file's [study] table)", preset=True)
 
 
 def study_path(name: str) -> Path:
@@ -43,8 +44,7 @@ def study_path(name: str) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    from halora.study import load_study, run_study
+    from halora.study import run_study
 
-    overrides = {key: value for key in ("model", "tasks") if (value := getattr(args, key))}
-    run_study(load_study(study_path(args.study), overrides), args.out)
+    run_study(load_study(study_path(args.study), given_flags(args, StudySettings)), args.out)
     return 0

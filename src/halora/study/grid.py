@@ -34,7 +34,7 @@ class StudySettings:
     model: str = setting(SMOLLM2, "model name or folder")
     tasks: str = setting("default", "task spec")
     train_n: int = setting(400, "training items per task", min=1)
-    base: dict[str, Any] = setting(factory=dict, help="TrainSettings shared by every arm")
+    base: dict[str, Any] = setting(factory=dict, help="TrainSettings shared by every arm", flag=False)
     rank: int = setting(4, "LoRA rank (an arm may set its own)", min=1)
     arms: tuple[Arm, ...] = setting((), "the training recipes", flag=False)
     select_sigmas: tuple[float, ...] = setting((0.02,), "noise levels of the selection chips", min=0)
