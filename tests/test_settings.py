@@ -113,3 +113,16 @@ def test_chip_sets_are_disjoint_by_construction():
     assert not sets["validation"] & sets["calibration"]
     with pytest.raises(UsageError, match="chips must be <="):
         ChipGrid(chips=200_000)
+
+
+def test_the_demo_corrects_its_time_estimate_from_the_first_training():
+    from halora.demo import _log_measured_speed
+
+    said: list[str] = []
+    _log_measured_speed(seconds=240.0, steps=60, estimate=12.0, log=said.append)  # 4 s per step
+    assert said == [
+        "this machine: 4.0 s per training step, 2.0x the estimate's 2.0 s; expect about 24 min in all"
+    ]
+    said.clear()
+    _log_measured_speed(seconds=130.0, steps=60, estimate=12.0, log=said.append)  # within 25 %
+    assert said == []
