@@ -77,3 +77,25 @@ def test_version_and_help(capsys):
         main(["--version"])
     assert exit_info.value.code == 0
     assert "halora" in capsys.readouterr().out
+
+
+def test_top_level_help_and_version_import_no_command_module():
+    """`halora --help` and `--version` answer at once: torch, transformers and the command
+    modules stay unloaded (checked in a fresh interpreter)."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys\n"
+        "from halora.cli import main\n"
+        "for argv in (['--help'], ['--version']):\n"
+        "    try:\n"
+        "        main(argv)\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "heavy = ('torch', 'transformers', 'peft', 'halora.commands.train')\n"
+        "heavy = [m for m in heavy if m in sys.modules]\n"
+        "print('LOADED', heavy)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert "LOADED []" in out and "COMMAND" in out

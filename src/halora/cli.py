@@ -1,6 +1,8 @@
 """The `halora` command: one sub-command per job, each in halora/commands/<name>.py.
 
-A command module provides `HELP` (one line), `add_arguments(parser)` and `run(args) -> int`.
+A command module provides `add_arguments(parser)` and `run(args) -> int`; its one-line
+help lives in COMMANDS here, so `halora --help` and `--version` import no command module
+(and so neither torch nor transformers). Only the command being run is loaded.
 Bad input raises UsageError anywhere below; it is printed here as one line, exit status 2.
 """
 
@@ -13,7 +15,19 @@ import sys
 from halora import __version__
 from halora.errors import UsageError
 
-COMMANDS = ("place", "energy", "train", "eval", "sweep", "lm-eval", "demo", "study")
+COMMANDS: dict[str, str] = {
+    "place": "Show the hybrid placement of a model: parameters on RRAM, SRAM (LoRA) and digital.",
+    "energy": "Energy and area of LLM inference on hybrid RRAM/SRAM CIM, RRAM-only, SRAM-only and GPUs.",
+    "train": "Train a LoRA adapter: lora, noisy (noise injection), reg (regulariser), halora (both) "
+    "or curriculum (noise that grows over training).",
+    "eval": "Evaluate a model, optionally with an adapter, clean or on one programmed chip.",
+    "sweep": "Sweep adapters over noise levels and chip seeds; write results.json, CSV, summary and plots.",
+    "lm-eval": "Evaluate a model (+ adapter) on one programmed chip with lm-evaluation-harness tasks.",
+    "demo": "Train lora / noisy / halora adapters on SmolLM2-135M, sweep them over simulated RRAM "
+    "chips, print the table and the energy bill.",
+    "study": "Robustness study: train a grid of recipes, select per method on the validation split, "
+    "compare on test chips with bootstrap intervals and recovery ratios.",
+}
 
 
 def _module_name(command: str) -> str:
@@ -25,9 +39,10 @@ def _load(name: str):
 
 
 def build_parser(
-    commands: tuple[str, ...] = COMMANDS,
+    commands: tuple[str, ...] | None = None,
 ) -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
-    """The top parser and each command's parser (config files set the latter's defaults)."""
+    """The top parser, with every command listed; the arguments of `commands` (default: all)
+    are added, each from its module (config files set the command parsers' defaults)."""
     parser = argparse.ArgumentParser(
         prog="halora",
         description="LoRA on hybrid RRAM/SRAM compute-in-memory: noise, training, evaluation, energy.",
@@ -35,23 +50,26 @@ def build_parser(
     parser.add_argument("--version", action="version", version=f"halora {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     command_parsers = {}
-    for name in commands:
-        try:
+    for name, help_text in COMMANDS.items():
+        command_parser = sub.add_parser(name, help=help_text, description=help_text)
+        if commands is None or name in commands:
             module = _load(name)
-        except ModuleNotFoundError as err:
-            if err.name == _module_name(name):
-                continue  # not built yet
-            raise
-        command_parser = sub.add_parser(name, help=module.HELP, description=module.HELP)
-        module.add_arguments(command_parser)
-        command_parser.set_defaults(_run=module.run)
+            module.add_arguments(command_parser)
+            command_parser.set_defaults(_run=module.run)
         command_parsers[name] = command_parser
     return parser, command_parsers
 
 
+def _command_in(argv: list[str]) -> tuple[str, ...]:
+    """The command named in argv: the first word that is one (top-level options take no
+    value). None named: only the top-level help or version, and no module is imported."""
+    return tuple(word for word in argv if word in COMMANDS)[:1]
+
+
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     """Parse; where the command has --config FILE, its keys become defaults and flags win."""
-    parser, command_parsers = build_parser()
+    words = sys.argv[1:] if argv is None else argv
+    parser, command_parsers = build_parser(_command_in(words))
     args = parser.parse_args(argv)
     config_path = getattr(args, "config", None)
     if config_path:

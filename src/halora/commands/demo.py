@@ -9,10 +9,6 @@ from halora.demo import DemoSettings, default_out, load_preset, run_demo
 from halora.settings import add_flags, given_flags
 from halora.train import TrainSettings
 
-HELP = (
-    "Train lora / noisy / halora adapters on SmolLM2-135M, sweep them over simulated RRAM "
-    "chips, print the table and the energy bill (about 11 min on 2 CPU cores; --quick about 4)."
-)
 # Training settings the demo fixes for every method (the method itself, one seed, its own
 # progress switch) or leaves to `halora train`.
 NOT_DEMO_FLAGS = ("method", "seed", "progress", "report_to", "precision", "gradient_checkpointing")

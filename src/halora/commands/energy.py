@@ -27,8 +27,6 @@ from halora.energy import (
 )
 from halora.errors import UsageError
 
-HELP = "Energy and area of LLM inference on hybrid RRAM/SRAM CIM, RRAM-only, SRAM-only and GPUs."
-
 DESIGN_LABELS = {"hybrid": "hybrid CIM", "rram_only": "RRAM-only", "sram_only": "SRAM-only"}
 
 

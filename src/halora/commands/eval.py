@@ -20,8 +20,6 @@ from halora.evaluate import evaluate_task
 from halora.lora import load_adapters
 from halora.tasks import load_tasks
 
-HELP = "Evaluate a model, optionally with an adapter, clean or on one programmed chip."
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_flags(parser)

@@ -20,8 +20,6 @@ from halora.lmeval import check_numbers, evaluate_lm_eval, task_manager
 from halora.lora import load_adapters
 from halora.settings import add_flags, coerce
 
-HELP = "Evaluate a model (+ adapter) on one programmed chip with lm-evaluation-harness tasks."
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_flags(parser)

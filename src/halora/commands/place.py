@@ -17,8 +17,6 @@ from halora.commands.common import (
 )
 from halora.lora import attach_lora
 
-HELP = "Show the hybrid placement of a model: parameters on RRAM, SRAM (LoRA) and digital."
-
 PLACES = {
     "rram": "RRAM analog CIM (frozen block linear weights, noisy)",
     "sram": "SRAM digital CIM (LoRA A and B, exact)",

@@ -9,10 +9,6 @@ from halora.errors import UsageError
 from halora.settings import add_flags, given_flags
 from halora.study.grid import StudySettings, load_study
 
-HELP = (
-    "Robustness study: train a grid of recipes, select per method on the validation split, "
-    "compare on test chips with bootstrap intervals and recovery ratios."
-)
 STUDIES = Path(__file__).resolve().parent.parent / "presets" / "studies"
 
 

@@ -22,8 +22,6 @@ from halora.settings import add_flags, from_args
 from halora.sweep import BASE, ChipGrid, SweepPlan, gather_records, run_sweep
 from halora.tasks import load_tasks
 
-HELP = "Sweep adapters over noise levels and chip seeds; write results.json, CSV, summary and plots."
-
 
 def parse_adapters(items: list[str]) -> tuple[tuple[str, str], ...]:
     """["lora=DIR", "halora=DIR"] or one comma-separated string -> ((label, DIR), ...)."""

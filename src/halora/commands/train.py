@@ -17,11 +17,6 @@ from halora.commands.common import (
 from halora.settings import add_flags, from_args
 from halora.train import TrainSettings, train
 
-HELP = (
-    "Train a LoRA adapter: lora, noisy (noise injection), reg (regulariser), halora (both) or "
-    "curriculum (noise that grows over training)."
-)
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_flag(parser)
