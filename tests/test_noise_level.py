@@ -115,7 +115,7 @@ def test_chain_refuses_when_a_part_has_no_magnitude(spec):
 def test_scaled_to_zero_and_negative():
     zero = GaussianNoise(0.02).scaled(0.0)
     assert zero == GaussianNoise(0.0) and zero.level == 0.0
-    with pytest.raises(UsageError, match="sigma must be a finite number >= 0"):
+    with pytest.raises(UsageError, match=r"sigma must be a finite number in \[0, 10\]"):
         ReadNoise(0.01).scaled(-1.0)
     with pytest.raises(UsageError, match="p0 is a probability"):
         StuckAtFaults(p0=0.1).scaled(-1.0)

@@ -28,6 +28,25 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
             tmp.unlink()
 
 
+def output_folder(path: str | os.PathLike[str], flag: str = "--out") -> Path:
+    """`path` as an output folder, created if missing; a file there, or a folder that cannot be
+    made or written (read-only, no permission, /proc), is a one-line UsageError naming it."""
+    from halora.errors import UsageError
+
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"{flag} {folder} is a file: give a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".halora-write-test-"):
+            pass  # created and removed: the folder takes files
+    except OSError as err:
+        raise UsageError(
+            f"{flag} {folder} cannot be written: {err.strerror or err}; pick another folder"
+        ) from err
+    return folder
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -67,6 +67,8 @@ class ModelSettings:
 
     def __post_init__(self) -> None:
         check(self)
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise UsageError(f"--device {self.device}: no CUDA device is available here; use --device cpu")
 
     def load(self) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
         return load_model(self.model, dtype=self.dtype, device=self.device)

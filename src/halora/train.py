@@ -39,6 +39,7 @@ from transformers import (
     DataCollatorForSeq2Seq,
     PreTrainedModel,
     PreTrainedTokenizerBase,
+    SchedulerType,
     Trainer,
     TrainerCallback,
     TrainingArguments,
@@ -104,7 +105,11 @@ class TrainSettings:
     grad_accum: int = setting(1, "micro-batches per optimizer step", min=1)
     lr: float = setting(1e-3, "peak learning rate (AdamW)", min=0)
     warmup_steps: int = setting(20, "learning-rate warmup steps", min=0)
-    schedule: str = setting("linear", "learning-rate schedule (transformers lr_scheduler_type)")
+    schedule: str = setting(
+        "linear",
+        "learning-rate schedule (transformers lr_scheduler_type)",
+        choices=tuple(t.value for t in SchedulerType),
+    )
     weight_decay: float = setting(0.0, "AdamW weight decay", min=0)
     max_length: int = setting(256, "tokens per training example (the prompt is cut from the left)", min=1)
     train_on_inputs: bool = setting(False, "put loss on the prompt tokens too (LLM-Adapters' option)")
@@ -118,6 +123,7 @@ class TrainSettings:
 
     def __post_init__(self) -> None:
         check(self)
+        _check_loggers(self.report_to)
         noise = parse_noise_spec(self.train_noise)  # fail before any work on a bad spec
         if self.injects_noise and self.ramp_steps > 0:
             noise.scaled(0.5)  # a ramp needs a magnitude to grow: refused now where there is none
@@ -144,6 +150,22 @@ class TrainSettings:
     @classmethod
     def keys(cls) -> set[str]:
         return set(key_names(cls))
+
+
+def _check_loggers(loggers: tuple[str, ...]) -> None:
+    """--report-to names loggers transformers knows and finds installed."""
+    if not loggers:
+        return
+    from transformers.integrations import get_available_reporting_integrations
+
+    available = get_available_reporting_integrations()
+    missing = [name for name in loggers if name not in available]
+    if missing:
+        found = ", ".join(available) or "none is installed"
+        raise UsageError(
+            f"--report-to {', '.join(missing)}: not an installed logger (available here: {found}); "
+            "pip install tensorboard or wandb, or drop --report-to"
+        )
 
 
 class PairDataset(Dataset):
@@ -312,6 +334,7 @@ def train(
     """Train an adapter on `examples`; write it (PEFT format) and halora.json to out_dir."""
     out = Path(out_dir)
     _check_out_dir(out, resume)
+    files.output_folder(out)  # unwritable: one line now, not a traceback after the model loads
     base_hash = weights_hash(model)
     set_seed(settings.seed)  # the LoRA init is part of the run: same seed, same adapter
     peft_model = attach_lora(model, lora)

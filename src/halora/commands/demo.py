@@ -6,6 +6,7 @@ import argparse
 from dataclasses import replace
 
 from halora.demo import DemoSettings, default_out, load_preset, run_demo
+from halora.files import output_folder
 from halora.settings import add_flags, given_flags
 from halora.train import TrainSettings
 
@@ -45,5 +46,5 @@ def run(args: argparse.Namespace) -> int:
         if wanted and method not in settings.methods
     ]
     settings = replace(settings, methods=(*settings.methods, *extra))
-    run_demo(settings, args.out or default_out(), progress=not args.no_progress)
+    run_demo(settings, output_folder(args.out or default_out()), progress=not args.no_progress)
     return 0

@@ -15,7 +15,7 @@ from halora.commands.common import (
     placement_from,
 )
 from halora.evaluate import EvalSettings
-from halora.files import write_json
+from halora.files import output_folder, write_json
 from halora.lmeval import check_numbers, evaluate_lm_eval, task_manager
 from halora.lora import load_adapters
 from halora.settings import add_flags, coerce
@@ -48,6 +48,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     # bad task names and numbers fail here, before a large model loads
     check_numbers(args.items, args.eval_batch_size, args.num_fewshot)
+    if args.out:
+        output_folder(args.out)
     chip, chosen = chip_from(args), model_from(args)
     lm_tasks = list(coerce(args.lm_tasks, tuple[str, ...], "--lm-tasks"))
     manager = task_manager(lm_tasks, args.include_path)

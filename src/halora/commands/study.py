@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from halora.errors import UsageError
+from halora.files import output_folder
 from halora.settings import add_flags, given_flags
 from halora.study.grid import StudySettings, load_study
 
@@ -42,5 +43,6 @@ def study_path(name: str) -> Path:
 def run(args: argparse.Namespace) -> int:
     from halora.study import run_study
 
-    run_study(load_study(study_path(args.study), given_flags(args, StudySettings)), args.out)
+    study = load_study(study_path(args.study), given_flags(args, StudySettings))
+    run_study(study, output_folder(args.out))
     return 0

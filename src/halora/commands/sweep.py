@@ -15,6 +15,7 @@ from halora.commands.common import (
     placement_from,
 )
 from halora.errors import UsageError
+from halora.files import output_folder
 from halora.lora import load_adapters
 from halora.models import load_model
 from halora.report import plot_sweep, write_results
@@ -65,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
     from accelerate import PartialState
 
     state = PartialState()
+    output_folder(args.out)
     adapters = parse_adapters(args.adapters)
     if not adapters and not args.base:
         raise UsageError("nothing to evaluate: give --adapters LABEL=FOLDER and/or --base")

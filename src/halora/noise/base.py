@@ -86,10 +86,15 @@ def choice(*options: str) -> Callable[[str], str]:
     return parse
 
 
+MAX_SIGMA = 10.0
+"""The largest relative noise accepted: 10 = 1000 % of the reference (tile max or weight);
+far past any chip, and past it float32 arithmetic on the weights loses meaning."""
+
+
 def check_sigma(owner: str, key: str, value: Any) -> float:
     value = float(value)
-    if not math.isfinite(value) or value < 0:
-        raise UsageError(f"{owner}: {key} must be a finite number >= 0, got {value!r}")
+    if not math.isfinite(value) or not 0 <= value <= MAX_SIGMA:
+        raise UsageError(f"{owner}: {key} must be a finite number in [0, {MAX_SIGMA:g}], got {value!r}")
     return value
 
 
