@@ -28,7 +28,7 @@ from halora.pipeline import Log, score
 from halora.sweep import ChipGrid
 from halora.tasks import Task
 
-MAX_SIGMA = 1.0  # a weight noise of 100 % of the tile's max: past it nothing is left to find
+SEARCH_LIMIT = 1.0  # a weight noise of 100 % of the tile's max: past it nothing is left to find
 
 
 @dataclass(frozen=True)
@@ -74,11 +74,14 @@ def calibrate_sigma(
         }
         return mean[True], mean[False]
 
-    clean = accuracies(start)[0]
     probes: list[tuple[float, float]] = []
+    clean = 0.0  # every probe's sweep scores the clean reference too: taken from the first
 
     def drop_at(sigma: float) -> float:
-        value = accuracies(sigma)[1]
+        nonlocal clean
+        clean_here, value = accuracies(sigma)
+        if not probes:
+            clean = clean_here
         probes.append((sigma, value))
         log(f"  calibration: sigma {sigma:.4g} -> {value:.1f} % (drop {clean - value:.1f})")
         return clean - value
@@ -86,9 +89,9 @@ def calibrate_sigma(
     low, high = 0.0, start
     while drop_at(high) < target_drop:
         low, high = high, 2 * high
-        if high > MAX_SIGMA:
+        if high > SEARCH_LIMIT:
             raise UsageError(
-                f"the baseline does not lose {target_drop:g} points below sigma {MAX_SIGMA:g}: "
+                f"the baseline does not lose {target_drop:g} points below sigma {SEARCH_LIMIT:g}: "
                 "lower the calibration target"
             )
     for _ in range(steps):

@@ -39,9 +39,10 @@ def write_results(out: str | Path, records: list[dict], meta: dict) -> dict[str,
     out = Path(out)
     records = sorted(records, key=_order)
     paths = {"json": out / "results.json", "csv": out / "results.csv", "md": out / "summary.md"}
-    files.write_json(paths["json"], {"meta": meta, "runs": records, "summary": summary_rows(records)})
+    rows = summary_rows(records)  # bootstrapped once, for the JSON and the Markdown alike
+    files.write_json(paths["json"], {"meta": meta, "runs": records, "summary": rows})
     files.write_text(paths["csv"], to_csv(records))
-    files.write_text(paths["md"], markdown_summary(records, meta.get("title", "halora sweep")))
+    files.write_text(paths["md"], markdown_summary(records, meta.get("title", "halora sweep"), rows))
     return paths
 
 
@@ -200,8 +201,9 @@ def recovery_estimate(
         return None
 
 
-def markdown_summary(records: list[dict], title: str) -> str:
-    rows = summary_rows(records)
+def markdown_summary(records: list[dict], title: str, rows: list[dict] | None = None) -> str:
+    """The summary table and recovery ratios; `rows` are summary_rows(records) if computed."""
+    rows = rows if rows is not None else summary_rows(records)
     tasks = sorted({task for row in rows for task in row["tasks"] if task != AVERAGE})
     header = ["method", "chip", "seeds", *tasks, AVERAGE, "acc_norm average"]
     lines = [
