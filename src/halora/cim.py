@@ -18,7 +18,10 @@ differently in the last bit). The LoRA path is never touched.
 Undo is exact: the clean weights are stashed before the first write and copied back
 bit for bit. To keep peak memory near the clean model's (a second copy of a 3B model
 does not fit beside it on a GPU), the stash lives off the weights' device: in host
-memory for accelerator weights, in an unlinked temporary file for CPU weights.
+memory for accelerator weights, in an unlinked temporary file for CPU weights. Only
+`store="device"` keeps the clean copy beside the weights (one more copy of the RRAM
+weights in memory), for `Chip.clean_view`: distillation reads the clean and the
+programmed model at every step.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ ALL_LINEAR = "all-linear"
 _IN_BLOCK = re.compile(r"\.\d+\.")  # a module inside a ModuleList of blocks: "...layers.3.mlp..."
 _PEFT_PREFIX = "base_model.model."
 
-Store = Literal["auto", "host", "disk"]
+Store = Literal["auto", "host", "disk", "device"]
 
 
 @dataclass(frozen=True)
@@ -270,6 +273,26 @@ class _DiskStash:
         self._file.close()
 
 
+class _DeviceStash:
+    """Clean weights as tensors on the weights' own device: `Chip.clean_view` points the
+    layers at them without a copy. Costs one more copy of the RRAM weights in memory."""
+
+    def __init__(self) -> None:
+        self._tensors: dict[str, torch.Tensor] = {}
+
+    def put(self, name: str, weight: torch.Tensor) -> None:
+        self._tensors[name] = weight.detach().clone()
+
+    def restore_into(self, name: str, weight: torch.Tensor) -> None:
+        weight.copy_(self._tensors[name])
+
+    def tensor(self, name: str) -> torch.Tensor:
+        return self._tensors[name]
+
+    def close(self) -> None:
+        self._tensors.clear()
+
+
 def _raw_bytes(tensor: torch.Tensor) -> memoryview:
     """A writable byte view of a contiguous CPU tensor's storage (bf16 included)."""
     return memoryview(tensor.view(-1).view(torch.uint8).numpy())
@@ -333,6 +356,26 @@ class Chip:
         self._stash = None
         self._retie_lm_head()
 
+    @contextmanager
+    def clean_view(self) -> Iterator[None]:
+        """The clean weights in place of the programmed ones for a with-block, read noise
+        off: the layers point at the stashed clean tensors (no copy), then back. Needs
+        store="device". Nothing may write the weights inside the block."""
+        if not isinstance(self._stash, _DeviceStash):
+            raise RuntimeError('clean_view needs a chip programmed with store="device"')
+        programmed = {name: layer.weight.data for name, layer in self.layers.items()}
+        for handles in self._hooks:
+            handles.hook.enabled = False
+        try:
+            for name, layer in self.layers.items():
+                layer.weight.data = self._stash.tensor(name)
+            yield
+        finally:
+            for name, layer in self.layers.items():
+                layer.weight.data = programmed[name]
+            for handles in self._hooks:
+                handles.hook.enabled = True
+
     @torch.no_grad()
     def _program_all(self, seed: int, first: bool) -> None:
         if first:
@@ -357,7 +400,9 @@ class Chip:
             return _HostStash()
         if store == "disk":
             return _DiskStash()
-        raise UsageError(f"unknown stash store {store!r}: use auto, host or disk")
+        if store == "device":
+            return _DeviceStash()
+        raise UsageError(f"unknown stash store {store!r}: use auto, host, disk or device")
 
     def _remove_read_noise(self) -> None:
         for hook in self._hooks:
@@ -413,26 +458,32 @@ class _ReadNoiseHook:
         self.layer, self.model = layer, model
         self.generator = layer_generator(seed, f"read:{name}")  # CPU, as for programming
         self.saved: torch.Tensor | None = None
+        self.enabled = True  # off while Chip.clean_view shows the clean weights
 
     @classmethod
     def attach(cls, layer: nn.Module, model: NoiseModel, seed: int, name: str):
         hook = cls(layer, model, seed, name)
         pre = layer.register_forward_pre_hook(hook.before)
         post = layer.register_forward_hook(hook.after)
-        return _Handles(pre, post)
+        return _Handles(hook, pre, post)
 
     def before(self, module: nn.Module, args) -> None:
+        if not self.enabled:
+            return
         self.saved = module.weight.data
         with torch.no_grad():
             module.weight.data = _as_linear_layout(module, self.model.apply, self.saved, self.generator)
 
     def after(self, module: nn.Module, args, output) -> None:
+        if self.saved is None:
+            return
         module.weight.data = self.saved
         self.saved = None
 
 
 @dataclass
 class _Handles:
+    hook: _ReadNoiseHook
     pre: torch.utils.hooks.RemovableHandle
     post: torch.utils.hooks.RemovableHandle
 

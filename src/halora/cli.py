@@ -22,6 +22,8 @@ COMMANDS: dict[str, str] = {
     "or curriculum (noise that grows over training).",
     "eval": "Evaluate a model, optionally with an adapter, clean or on one programmed chip.",
     "sweep": "Sweep adapters over noise levels and chip seeds; write results.json, CSV, summary and plots.",
+    "recalibrate": "Tune an adapter's SRAM LoRA to one programmed RRAM chip (task loss, or distillation "
+    "from the clean model without labels).",
     "lm-eval": "Evaluate a model (+ adapter) on one programmed chip with lm-evaluation-harness tasks.",
     "demo": "Train lora / noisy / halora adapters on SmolLM2-135M, sweep them over simulated RRAM "
     "chips, print the table and the energy bill.",

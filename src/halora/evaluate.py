@@ -288,14 +288,25 @@ def _score_generations(model, tokenizer, task, examples, settings) -> TaskScore:
     return TaskScore(task.name, "generate", accuracy, n, task.chance, items=correct, tokens=tokens)
 
 
-@torch.no_grad()
 def generate(
     model, tokenizer, prompts: list[str], max_new_tokens: int, settings: EvalSettings
 ) -> tuple[list[str], int]:
     """Greedy completions (new text only), batched with left padding (generation continues
     from the last real token). A prompt longer than `settings.max_length` keeps its end."""
+    new_ids, tokens = generate_ids(model, tokenizer, prompts, max_new_tokens, settings)
+    return tokenizer.batch_decode(new_ids, skip_special_tokens=True), tokens
+
+
+@torch.no_grad()
+def generate_ids(
+    model, tokenizer, prompts: list[str], max_new_tokens: int, settings: EvalSettings
+) -> tuple[list[list[int]], int]:
+    """`generate`'s greedy completions as token ids, each cut after its first
+    end-of-sequence token (kept); tokens the model read."""
     device = _device_of(model)
-    texts, tokens = [""] * len(prompts), 0
+    completions: list[list[int]] = [[] for _ in prompts]
+    tokens = 0
+    eos = tokenizer.eos_token_id
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     batches = range(0, len(order), settings.eval_batch_size)
     for start in tqdm(batches, desc="generate", disable=not settings.progress, leave=False):
@@ -311,11 +322,13 @@ def generate(
             do_sample=False,
             pad_token_id=tokenizer.pad_token_id,
         )
-        new = generated[:, ids.shape[1] :]
-        tokens += int(mask.sum()) + new.numel()
-        for row, text in enumerate(tokenizer.batch_decode(new, skip_special_tokens=True)):
-            texts[order[start + row]] = text
-    return texts, tokens
+        new = generated[:, ids.shape[1] :].tolist()
+        tokens += int(mask.sum()) + sum(len(row) for row in new)
+        for row, completion in enumerate(new):
+            if eos is not None and eos in completion:
+                completion = completion[: completion.index(eos) + 1]
+            completions[order[start + row]] = completion
+    return completions, tokens
 
 
 def _device_of(model) -> torch.device:

@@ -84,3 +84,19 @@ def read_sidecar(adapter_dir: str | Path) -> dict:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise UsageError(f"{path} is not valid JSON ({err.msg} at line {err.lineno})") from err
+
+
+def check_base(adapter_dir: str | Path, model: torch.nn.Module, model_name: str) -> dict:
+    """An adapter's sidecar, after checking it was trained on these very base weights (an
+    adapter fits any model of the same shapes, and silently means nothing on another one).
+    Adapters without a sidecar (stock PEFT) pass unchecked: {} is returned."""
+    if not (Path(adapter_dir) / SIDECAR).is_file():
+        return {}
+    record = read_sidecar(adapter_dir)
+    trained_on = record.get("base_model_sha256")
+    if trained_on and trained_on != weights_hash(model):
+        raise UsageError(
+            f"adapter {adapter_dir} was trained on {record.get('base_model') or 'another model'}, "
+            f"not on these weights of {model_name}: load the model it was made for"
+        )
+    return record

@@ -53,6 +53,7 @@ from halora.encoding import encode_pair
 from halora.errors import UsageError
 from halora.lora import REDUCTIONS, LoraSettings, attach_lora, halora_regularizer, lora_factors
 from halora.noise import GAUSSIAN_TEMPLATE, parse_noise_spec, split_noise
+from halora.precision import check_precision
 from halora.seeds import derive_seed
 from halora.settings import check, key_names, setting
 from halora.sidecar import SIDECAR, sidecar, weights_hash
@@ -114,7 +115,10 @@ class TrainSettings:
     max_length: int = setting(256, "tokens per training example (the prompt is cut from the left)", min=1)
     train_on_inputs: bool = setting(False, "put loss on the prompt tokens too (LLM-Adapters' option)")
     seed: int = setting(0, "training seed: LoRA init, data order and dropout", min=0)
-    precision: str = setting("fp32", "fp32, or bf16 / fp16 on a GPU", choices=("fp32", "bf16", "fp16"))
+    # bf16 autocast on a CPU where it has bf16 matrix units (halora.precision detects them)
+    precision: str = setting(
+        "fp32", "fp32; bf16 (GPU, or a CPU with bf16 units); fp16 (GPU)", choices=("fp32", "bf16", "fp16")
+    )
     gradient_checkpointing: bool = setting(False, "trade compute for memory")
     save_steps: int = setting(100, "checkpoint every N steps (for --resume)", min=1)
     logging_steps: int = setting(10, "log loss and reg term every N steps", min=1)
@@ -416,8 +420,7 @@ _CHECKPOINTING = (
 
 def _training_arguments(out: Path, settings: TrainSettings) -> TrainingArguments:
     on_gpu = torch.cuda.is_available()
-    if settings.precision != "fp32" and not on_gpu:
-        raise UsageError(f"--precision {settings.precision} needs a GPU here; use fp32 on CPU")
+    check_precision(settings.precision, "cuda" if on_gpu else "cpu")
     return TrainingArguments(
         output_dir=str(out),
         max_steps=settings.steps,
