@@ -368,3 +368,27 @@ def test_curriculum_ramps_every_model_with_a_magnitude_and_refuses_the_rest():
     with pytest.raises(UsageError, match="quant"):
         TrainSettings(method="curriculum", steps=9, train_noise="quant:bits=4")
     TrainSettings(method="noisy", train_noise="quant:bits=4")  # no ramp: nothing to scale
+
+
+def test_distill_objective_logs_a_kl_that_is_zero_without_noise(tmp_path):
+    model, tokenizer = build_tiny(), byte_tokenizer()
+    clean_hash = weights_hash(model)
+    settings = quick("noisy", objective="both", train_noise="gaussian:sigma=0", steps=8)
+    result = train(model, tokenizer, examples(), tmp_path / "zero", settings, LORA)
+    assert all(record["kl"] == pytest.approx(0.0, abs=1e-6) for record in result.log)
+    settings = quick("noisy", objective="both", train_noise="gaussian:sigma=0.2", steps=8)
+    result = train(model, tokenizer, examples(), tmp_path / "noisy", settings, LORA)
+    assert all(record["kl"] > 1e-5 for record in result.log)
+    assert weights_hash(model) == clean_hash  # noise and clean copy both gone
+
+
+def test_distill_objective_alone_lowers_the_kl(tmp_path):
+    settings = quick("noisy", objective="distill", train_noise="gaussian:sigma=0.3", steps=24, lr=1e-2)
+    result = train(build_tiny(), byte_tokenizer(), examples(), tmp_path / "d", settings, LORA)
+    kls = [record["kl"] for record in result.log]
+    assert kls[-1] < kls[0], kls
+
+
+def test_distill_objective_needs_training_noise():
+    with pytest.raises(UsageError, match="injects no noise"):
+        TrainSettings(method="lora", objective="distill")

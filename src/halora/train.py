@@ -13,6 +13,12 @@ noise_ramp_steps). Full noise from step 0 makes a short run learn the task on a 
 model and costs clean accuracy; the ramp keeps most of it while still ending on the noisy
 chip. It beat HaLoRA in the reduced study (README, "Robustness study").
 
+objective (any method with training noise; beyond the paper): "task" is the usual loss;
+"distill" replaces it by KL(clean model ‖ noisy model), both with the current adapter, at
+every position of the batch (consistency under noise: the noisy chip is pulled towards
+what the clean model with the same adapter predicts); "both" adds the two. The clean
+forward runs on the stashed clean weights (Chip.clean_view) without a backward pass.
+
 Training runs on transformers' Trainer, so `accelerate launch` and `torchrun` (DDP,
 DeepSpeed ZeRO-1/2) work unchanged. The noise is written into the RRAM-placed base
 weights in place (halora.cim.Chip), so the forward and the backward pass both see the
@@ -49,6 +55,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from halora import files
 from halora.cim import Chip, Placement
+from halora.distill import kl_full
 from halora.encoding import encode_pair
 from halora.errors import UsageError
 from halora.lora import REDUCTIONS, LoraSettings, attach_lora, halora_regularizer, lora_factors
@@ -59,6 +66,7 @@ from halora.settings import check, key_names, setting
 from halora.sidecar import SIDECAR, sidecar, weights_hash
 
 METHODS: tuple[str, ...] = ("lora", "noisy", "reg", "halora", "curriculum")
+OBJECTIVES: tuple[str, ...] = ("task", "distill", "both")
 LOG_FILE = "train_log.jsonl"
 NOISE_SEED_BASE = 1234
 
@@ -97,6 +105,16 @@ class TrainSettings:
     # mu = 0.1 is the paper's and was chosen over 0.01 by the study; "mean" over modules keeps
     # mu's meaning independent of the number of LoRA modules (summed over SmolLM2's 150
     # modules the term swamps the task loss and cost 12-14 points on validation chips).
+    # Distillation under noise (beyond the paper): the noisy model's next-token distribution
+    # is pulled towards the clean model's with the same, current adapter, at every position
+    # (a dense signal; the labels are not needed for it). Costs one more forward pass (no
+    # backward) per step and one more copy of the RRAM weights in memory.
+    objective: str = setting(
+        "task",
+        "task loss; distill: KL(clean || noisy) with the current adapter; both: their sum",
+        choices=OBJECTIVES,
+    )
+    distill_weight: float = setting(1.0, "weight of the KL term (objective distill or both)", min=0)
     mu: float = setting(0.1, "weight of the HaLoRA regulariser", min=0)
     reduction: str = setting("mean", "sum or mean of the regulariser over LoRA modules", choices=REDUCTIONS)
     reg_scaled: bool = setting(False, "multiply each module's term by its LoRA scaling alpha/r")
@@ -131,6 +149,15 @@ class TrainSettings:
         noise = parse_noise_spec(self.train_noise)  # fail before any work on a bad spec
         if self.injects_noise and self.ramp_steps > 0:
             noise.scaled(0.5)  # a ramp needs a magnitude to grow: refused now where there is none
+        if self.distills and not self.injects_noise:
+            raise UsageError(
+                f"--objective {self.objective} compares the noisy model with the clean one, and "
+                f"method {self.method} injects no noise: use noisy, halora or curriculum"
+            )
+
+    @property
+    def distills(self) -> bool:
+        return self.objective in ("distill", "both")
 
     @property
     def effective_noise_seed(self) -> int:
@@ -226,7 +253,9 @@ class NoiseInjection(TrainerCallback):
         scale = self.noise_scale(draw * self.settings.redraw_every)
         noise = parse_noise_spec(self.settings.train_noise).scaled(scale)
         if self.chip is None:
-            self.chip = Chip(self.model, noise, seed, self.placement)
+            # distillation reads the clean weights at every step: kept beside the noisy ones
+            store = "device" if self.settings.distills else "auto"
+            self.chip = Chip(self.model, noise, seed, self.placement, store=store)
         else:
             self.chip.reprogram(seed, noise)
         self.draws.append((step, draw))
@@ -265,12 +294,14 @@ class JsonlLog(TrainerCallback):
 
 
 class HaloraTrainer(Trainer):
-    """Trainer whose loss is L_task + mu(t) * L_reg; the reg term is logged apart."""
+    """Trainer whose loss is L_task + mu(t) * L_reg, where the objective is the task's, or
+    w * KL(clean || noisy) (+ L_task for "both") + mu(t) * L_reg; the terms are logged apart."""
 
-    def __init__(self, *args, settings: TrainSettings, **kwargs) -> None:
+    def __init__(self, *args, settings: TrainSettings, injection: NoiseInjection | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.settings = settings
-        self._reg_sum, self._reg_count = 0.0, 0
+        self.injection = injection  # its chip shows the clean weights to the distillation teacher
+        self._extra: dict[str, tuple[float, int]] = {}  # logged terms: name -> (sum, count)
 
     def mu_at(self, step: int) -> float:
         if not self.settings.regularizes:
@@ -280,24 +311,48 @@ class HaloraTrainer(Trainer):
         return self.settings.mu * min(1.0, (step + 1) / self.settings.mu_warmup_steps)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        distilling = self.settings.distills and model.training and self.injection is not None
+        if distilling:
+            teacher = self._clean_logits(model, inputs)
+        result = super().compute_loss(model, inputs, distilling or return_outputs, num_items_in_batch)
+        loss, outputs = result if (distilling or return_outputs) else (result, None)
+        if distilling:
+            kl = kl_full(outputs.logits, teacher, inputs["attention_mask"])
+            self._add_to_log("kl", kl)
+            kl = self._per_micro_batch(kl, num_items_in_batch)
+            weighted = self.settings.distill_weight * kl.to(loss.dtype)
+            loss = weighted if self.settings.objective == "distill" else loss + weighted
         mu = self.mu_at(self.state.global_step)
-        if mu == 0.0 or not model.training:
-            return result
-        loss, outputs = result if return_outputs else (result, None)
-        reg = halora_regularizer(
-            lora_factors(self.accelerator.unwrap_model(model)),
-            self.settings.reduction,
-            self.settings.reg_scaled,
-        )
-        self._reg_sum += float(reg.detach())
-        self._reg_count += 1
-        # The task loss may already be normalised over the whole accumulated batch; then the
-        # Trainer will not divide by the accumulation steps, so the reg term must be.
-        if self._loss_scaled_for_accumulation(num_items_in_batch):
-            reg = reg / self.current_gradient_accumulation_steps
-        loss = loss + mu * reg.to(loss.dtype)
+        if mu > 0.0 and model.training:
+            reg = halora_regularizer(
+                lora_factors(self.accelerator.unwrap_model(model)),
+                self.settings.reduction,
+                self.settings.reg_scaled,
+            )
+            self._add_to_log("reg", reg)
+            loss = loss + mu * self._per_micro_batch(reg, num_items_in_batch).to(loss.dtype)
         return (loss, outputs) if return_outputs else loss
+
+    @torch.no_grad()
+    def _clean_logits(self, model, inputs) -> torch.Tensor:
+        """The teacher: the clean base with the current adapter, dropout off."""
+        model.eval()
+        try:
+            with self.injection.chip.clean_view():
+                return model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
+        finally:
+            model.train()
+
+    def _add_to_log(self, name: str, value: torch.Tensor) -> None:
+        total, count = self._extra.get(name, (0.0, 0))
+        self._extra[name] = (total + float(value.detach()), count + 1)
+
+    def _per_micro_batch(self, term: torch.Tensor, num_items_in_batch) -> torch.Tensor:
+        # The task loss may already be normalised over the whole accumulated batch; then the
+        # Trainer will not divide by the accumulation steps, so an added term must be.
+        if self._loss_scaled_for_accumulation(num_items_in_batch):
+            return term / self.current_gradient_accumulation_steps
+        return term
 
     def _loss_scaled_for_accumulation(self, num_items_in_batch) -> bool:
         if self.loss_is_scaled_for_ga is not None:
@@ -307,10 +362,12 @@ class HaloraTrainer(Trainer):
         )
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        if self._reg_count and "loss" in logs:
-            logs["reg"] = self._reg_sum / self._reg_count
-            logs["mu"] = self.mu_at(self.state.global_step)
-            self._reg_sum, self._reg_count = 0.0, 0
+        if "loss" in logs:
+            for name, (total, count) in self._extra.items():
+                logs[name] = total / count
+            if "reg" in self._extra:
+                logs["mu"] = self.mu_at(self.state.global_step)
+            self._extra.clear()
         super().log(logs, start_time)
 
 
@@ -363,6 +420,7 @@ def train(
         data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),
         callbacks=callbacks,
         settings=settings,
+        injection=injection,
     )
     if settings.injects_noise:
         _refuse_sharded_noise(trainer)
