@@ -214,3 +214,29 @@ def test_clean_view_needs_the_device_store(tiny):
         chip.clean_view(),
     ):
         pass
+
+
+def test_recalibration_over_chips_scores_own_other_and_equal_compute(adapter_dir, tmp_path):
+    from halora.evaluate import EvalSettings
+    from halora.recal_sweep import RecalPlan, RecalRunner, run_recalibration
+    from halora.tasks import load_tasks
+
+    model, tokenizer = tuned_model(adapter_dir)
+    model.eval()
+    tasks = load_tasks(mc_tasks(tmp_path))
+    evaluation = EvalSettings(items=6)
+    plan = RecalPlan(
+        (("lora", str(adapter_dir)),), (NOISE,), (0, 1), RecalSettings(steps=2, calib_n=8), evaluation
+    )
+    runner = RecalRunner(model, tokenizer, tasks, evaluation, tmp_path / "recal")
+    records = run_recalibration(runner, plan, log=lambda _: None)
+    methods = {(r["method"], r["seed"], r.get("tuned_on")) for r in records if r["noise"] != "clean"}
+    assert ("lora+recal", 0, 0) in methods and ("lora+recal", 1, 1) in methods
+    assert ("lora+recal@other", 1, 0) in methods and ("lora+recal@other", 0, 1) in methods
+    assert {("lora", 0, None), ("lora+steps", 1, None)} <= methods
+    assert {r["method"] for r in records if r["noise"] == "clean"} == {"lora", "lora+steps"}
+    # a second run finds everything cached: nothing is tuned again
+    tuned = []
+    again = RecalRunner(model, tokenizer, tasks, evaluation, tmp_path / "recal")
+    assert len(run_recalibration(again, plan, log=tuned.append)) == len(records)
+    assert not [line for line in tuned if "recalibrated" in line]

@@ -68,6 +68,16 @@ from halora.sidecar import SIDECAR, sidecar, weights_hash
 METHODS: tuple[str, ...] = ("lora", "noisy", "reg", "halora", "curriculum")
 OBJECTIVES: tuple[str, ...] = ("task", "distill", "both")
 LOG_FILE = "train_log.jsonl"
+# The settings a run started with, compared on --resume: a checkpoint continued under other
+# settings would be an adapter of no recipe at all.
+RUN_SETTINGS = "run_settings.json"
+# What a resume may change: how the run reports and how often it checkpoints, not what it
+# computes. model_arg is the path typed for the model, which may move; its weights are
+# compared through base_model_sha256.
+RESUME_MAY_CHANGE = frozenset({"progress", "report_to", "logging_steps", "save_steps", "model_arg"})
+# What a fresh run writes into --out before its first checkpoint (runs/: TensorBoard); a
+# folder holding nothing else is a run killed early, which --resume starts over.
+EARLY_RUN_FILES = frozenset({LOG_FILE, RUN_SETTINGS, "runs"})
 NOISE_SEED_BASE = 1234
 
 
@@ -392,11 +402,18 @@ def train(
     resume: bool = False,
     extra_metadata: dict | None = None,
 ) -> TrainResult:
-    """Train an adapter on `examples`; write it (PEFT format) and halora.json to out_dir."""
+    """Train an adapter on `examples`; write it (PEFT format) and halora.json to out_dir.
+
+    resume: continue from the last checkpoint in out_dir under the same settings, or start
+    over there when the run stopped before its first checkpoint."""
     out = Path(out_dir)
-    _check_out_dir(out, resume)
+    start = _check_out_dir(out, resume)
     files.output_folder(out)  # unwritable: one line now, not a traceback after the model loads
     base_hash = weights_hash(model)
+    run_record = _run_record(settings, lora, placement, model_name, base_hash, extra_metadata or {})
+    checkpoint = get_last_checkpoint(str(out)) if start == "checkpoint" else None
+    if checkpoint is not None:
+        _check_same_settings(out, run_record)
     set_seed(settings.seed)  # the LoRA init is part of the run: same seed, same adapter
     peft_model = attach_lora(model, lora)
     if settings.gradient_checkpointing:
@@ -424,7 +441,9 @@ def train(
     )
     if settings.injects_noise:
         _refuse_sharded_noise(trainer)
-    checkpoint = get_last_checkpoint(str(out)) if resume else None
+    trainer.accelerator.wait_for_everyone()  # every rank has looked at --out before rank 0 writes
+    if trainer.is_world_process_zero():
+        _start_log(out, checkpoint, run_record)
     try:
         trainer.train(resume_from_checkpoint=checkpoint)
     finally:
@@ -457,15 +476,128 @@ def resume_or_clear(folder: Path) -> bool:
     return False
 
 
-def _check_out_dir(out: Path, resume: bool) -> None:
+def _check_out_dir(out: Path, resume: bool) -> str:
+    """How a run uses `out`: "new" (missing or empty), "checkpoint" (--resume: continue from
+    the last checkpoint) or "restart" (--resume of a run stopped before its first
+    checkpoint: nothing worth keeping, so it starts over there). Checked on every rank
+    before any writes, so that `halora train ... --resume` restarts any interrupted run."""
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file: give a folder")
     if resume:
-        if not out.is_dir() or get_last_checkpoint(str(out)) is None:
-            raise UsageError(f"nothing to resume in {out}: no checkpoint-N folder; drop --resume")
+        if not out.is_dir():
+            raise UsageError(
+                f"nothing to resume in {out}: no such folder; check the path, "
+                "or drop --resume to start a new run"
+            )
+        if get_last_checkpoint(str(out)) is not None:
+            return "checkpoint"
+        foreign = sorted(name for name in _contents(out) if name not in EARLY_RUN_FILES)
+        if foreign:
+            shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+            raise UsageError(
+                f"nothing to resume in {out}: no checkpoint-N folder, and it holds more than a run "
+                f"stopped before its first checkpoint leaves ({shown}); pick a new --out"
+            )
+        return "restart"
+    if _contents(out):
+        raise UsageError(
+            f"--out {out} is not empty: add --resume to continue the run there (or restart it, "
+            "if it stopped before its first checkpoint), or pick a new folder"
+        )
+    return "new"
+
+
+def _contents(out: Path) -> list[str]:
+    """The names in `out`, less the temporary files of halora's own writes in flight (the
+    write test of files.output_folder, atomic writes) that another rank may be making."""
+    if not out.is_dir():
+        return []
+    return [
+        path.name
+        for path in out.iterdir()
+        if not (path.name.startswith(".halora-write-test-") or _is_atomic_temp(path.name))
+    ]
+
+
+def _is_atomic_temp(name: str) -> bool:
+    return name.startswith(".") and name.endswith(".tmp")
+
+
+def _run_record(
+    settings: TrainSettings,
+    lora: LoraSettings,
+    placement: Placement,
+    model_name: str,
+    base_hash: str,
+    extra: dict,
+) -> dict:
+    """Every setting that decides what a run computes, one flat record (the settings
+    classes share no field name), as JSON reads it back."""
+    record = {
+        **dataclasses.asdict(settings),
+        **dataclasses.asdict(lora),
+        **dataclasses.asdict(placement),
+        "model": model_name,
+        "base_model_sha256": base_hash,
+        **extra,
+    }
+    return json.loads(json.dumps(record))
+
+
+def _check_same_settings(out: Path, record: dict) -> None:
+    """--resume under other settings would continue a checkpoint into an adapter of no
+    recipe: refused, naming each change. Keys only one side has (a run recorded by another
+    halora version) and folders without the record (older runs) pass unchecked."""
+    path = out / RUN_SETTINGS
+    if not path.is_file():
         return
-    if out.is_dir() and any(out.iterdir()):
-        raise UsageError(f"--out {out} is not empty: pick a new folder, or --resume a run there")
+    try:
+        before = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise UsageError(
+            f"{path} is not valid JSON ({err.msg} at line {err.lineno}): restore it, or pick a new --out"
+        ) from err
+    changed = [
+        f"{key} {json.dumps(before[key])} -> {json.dumps(value)}"
+        for key, value in record.items()
+        if key in before and key not in RESUME_MAY_CHANGE and before[key] != value
+    ]
+    if changed:
+        raise UsageError(
+            f"--resume with changed settings: {', '.join(changed)}; "
+            "resume with the same settings, or pick a new --out"
+        )
+
+
+def _start_log(out: Path, checkpoint: str | None, record: dict) -> None:
+    """The main rank's bookkeeping before training: a fresh (or restarted) run records its
+    settings and starts an empty log; a resumed run drops the log lines written after its
+    checkpoint, which the resumed steps will write again."""
+    log = out / LOG_FILE
+    if checkpoint is None:
+        files.write_json(out / RUN_SETTINGS, record)
+        log.unlink(missing_ok=True)
+        return
+    if log.is_file():
+        step = _checkpoint_step(Path(checkpoint))
+        kept = [line for line in log.read_text(encoding="utf-8").splitlines() if _logged_step(line) <= step]
+        files.write_text(log, "".join(line + "\n" for line in kept))
+
+
+def _checkpoint_step(checkpoint: Path) -> int:
+    """The global step a checkpoint holds (trainer_state.json; its folder name as fallback)."""
+    try:
+        return int(json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))["global_step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return int(checkpoint.name.rsplit("-", 1)[-1])
+
+
+def _logged_step(line: str) -> float:
+    """The step of one log line; a torn line (a kill mid-write) sorts after every step."""
+    try:
+        return float(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return math.inf
 
 
 # transformers 5 renamed gradient_checkpointing (now a deprecated alias) to activation_checkpointing.
