@@ -75,9 +75,13 @@ def test_demo_pipeline_on_tiny(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "| lora | sigma=0.02 | 1 |" in printed and "A100" in printed
     summary = json.loads((out / "demo.json").read_text())
-    assert set(summary["recovery_ratio"]) == {"sigma=0.02"}
+    assert {"halora@sigma=0.02", "lora+recal@sigma=0.02", "halora+recal@sigma=0.02"} <= set(
+        summary["recovery_ratio"]
+    )
     results = json.loads((out / "results.json").read_text())
-    assert {r["method"] for r in results["runs"]} == {"lora", "noisy", "halora"}
+    recalibrated = {r["method"] for r in results["runs"] if "+" in r["method"]}
+    assert {r["method"] for r in results["runs"]} - recalibrated == {"lora", "noisy", "halora"}
+    assert recalibrated == {"lora+recal", "lora+steps", "halora+recal", "halora+steps"}  # one chip: no @other
     for name in ("results.csv", "summary.md", "accuracy_vs_sigma.png", "per_task.png"):
         assert (out / name).is_file()
     assert main(argv) == 0  # an existing demo folder resumes: nothing is trained again
@@ -92,4 +96,4 @@ def test_demo_pipeline_on_tiny(tmp_path, capsys):
     argv = [*argv[:-3], "--out", str(other), "--methods", "lora", "--with-curriculum", "--no-progress"]
     assert main(argv) == 0
     results = json.loads((other / "results.json").read_text())
-    assert {r["method"] for r in results["runs"]} == {"lora", "curriculum"}
+    assert {r["method"] for r in results["runs"]} == {"lora", "curriculum", "lora+recal", "lora+steps"}

@@ -66,7 +66,7 @@ def test_markdown_summary_shows_intervals_and_recovery():
     mean, interval = average.strip().split(" ", 1)
     low, high = (float(x) for x in interval.strip("[]").split(", "))
     assert low <= float(mean) <= high and "±" in line  # per-task columns keep mean ± std
-    assert "- sigma=0.02: " in text and "[" in text.split("- sigma=0.02: ")[1]
+    assert "- halora on sigma=0.02: " in text and "[" in text.split("- halora on sigma=0.02: ")[1]
 
 
 def test_recovery_estimate_matches_recovery_ratio():
@@ -79,7 +79,7 @@ def test_recovery_estimate_matches_recovery_ratio():
     no_drop = [r for r in records if not (r["method"] == "lora" and r["spec"] == "g")]
     no_drop += [dict(r, spec="g", noise="gaussian", sigma=0.02, seed=c) for r in clean_lora for c in range(3)]
     assert recovery_estimate(no_drop, "sigma=0.02", resamples=300)["drop_significant"] is False
-    assert "- sigma=0.02: n/a (lora's drop is not significant)" in markdown_summary(no_drop, "t")
+    assert "- halora on sigma=0.02: n/a (lora's drop is not significant)" in markdown_summary(no_drop, "t")
 
 
 def test_results_json_and_plot_carry_the_intervals(tmp_path):

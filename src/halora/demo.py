@@ -24,7 +24,8 @@ from halora import files
 from halora.evaluate import EvalSettings
 from halora.models import SMOLLM2
 from halora.pipeline import Arm, Log, score, train_arm, training_examples
-from halora.report import plot_sweep, recovery_estimate, summary_rows, write_results
+from halora.recalibrate import LOSSES, RecalSettings
+from halora.report import BASELINE, plot_sweep, recovery_estimate, summary_rows, write_results
 from halora.settings import check, load_toml, setting
 from halora.sweep import ChipGrid
 from halora.tasks import load_tasks
@@ -48,6 +49,17 @@ class DemoSettings:
     sigmas: tuple[float, ...] = setting((0.005, 0.01, 0.02), "tile-64 Gaussian noise levels", min=0)
     chips: int = setting(3, "chip seeds per noisy condition", min=1, aliases=("seeds",))
     saf: str = setting("saf:p0=0.001,p1=0.001", "the stuck-at-fault condition ('' for none)")
+    # Per-chip recalibration (README, "Per-chip recalibration"): on each chip of the highest
+    # sigma, each of these adapters is tuned to that chip and scored there and on the next
+    # chip, beside the equal-compute baseline (the same steps without a chip).
+    recal_from: tuple[str, ...] = setting(
+        ("lora", "halora"),
+        "adapters recalibrated per chip at the highest sigma, of those trained (none: '')",
+        choices=METHODS,
+    )
+    recal_steps: int = setting(10, "recalibration steps per chip", min=1)
+    recal_calib_n: int = setting(64, "calibration items (train split) per recalibration", min=1)
+    recal_loss: str = setting("both", "recalibration loss: task, distill or both", choices=LOSSES)
     # The training recipe every method shares (TrainSettings keys); flags of `halora train`
     # such as --steps or --lr override single keys of it.
     base: dict[str, Any] = setting(factory=dict, help="TrainSettings shared by every method", flag=False)
@@ -55,6 +67,12 @@ class DemoSettings:
     def __post_init__(self) -> None:
         check(self)
         self.recipe("lora")  # a bad base recipe fails now, not after the first training
+
+    @property
+    def recal(self) -> RecalSettings:
+        return RecalSettings(
+            steps=self.recal_steps, calib_n=self.recal_calib_n, loss=self.recal_loss, max_length=96
+        )
 
     def recipe(self, method: str, progress: bool = False) -> TrainSettings:
         return Arm(method, method).train_settings(self.base, seed=0, progress=progress)
@@ -103,6 +121,8 @@ def run_demo(settings: DemoSettings, out: str | Path, progress: bool = True, log
     log("sweep: every adapter on the same chips")
     evaluation = EvalSettings(items=settings.items, eval_batch_size=32, progress=progress)
     records, plan = score(settings.model, tasks, adapters, settings.grid, evaluation, out / "sweep")
+    if any(method in settings.methods for method in settings.recal_from):
+        records += _recalibrated(settings, tasks, dict(adapters), evaluation, out / "recal", log)
     paths = write_results(out, records, {"title": "halora demo", "demo": asdict(settings), **plan.manifest()})
     plot_sweep(records, out)
     summary = _summary(records, settings, time.perf_counter() - started)
@@ -128,6 +148,12 @@ def estimate_minutes(settings: DemoSettings, n_tasks: int) -> float:
     items = chips * len(settings.methods) * n_tasks * settings.items
     steps = settings.recipe("lora").steps
     seconds = steps * len(settings.methods) * SECONDS_PER_STEP + items * SECONDS_PER_ITEM
+    sources = sum(1 for method in settings.recal_from if method in settings.methods)
+    # per source: one tuning per chip and the equal-compute one; each scored on 2 chips
+    # (own, next) plus the baseline on every chip and clean
+    tunings = sources * (settings.chips + 1)
+    scored = sources * (3 * settings.chips + 1) * n_tasks * settings.items
+    seconds += tunings * settings.recal_steps * SECONDS_PER_STEP + scored * SECONDS_PER_ITEM
     scale = 1.0 if not torch.cuda.is_available() else 0.1
     return scale * seconds / 60 + 1.0  # + loading, programming and writing
 
@@ -143,11 +169,44 @@ def _log_measured_speed(seconds: float, steps: int, estimate: float, log: Log) -
         )
 
 
+def _recalibrated(
+    settings: DemoSettings, tasks, adapters: dict[str, str], evaluation: EvalSettings, out: Path, log: Log
+) -> list[dict]:
+    """Cells of the recalibrated adapters and their equal-compute baselines (the sources' own
+    cells are already in the sweep's records, on the same chips and items)."""
+    from peft import PeftModel
+
+    from halora.models import load_model
+    from halora.recal_sweep import RecalPlan, RecalRunner, run_recalibration
+
+    sources = tuple((method, adapters[method]) for method in settings.recal_from if method in adapters)
+    top = max(settings.sigmas)
+    log(f"recalibration: {', '.join(m for m, _ in sources)} tuned to each chip of sigma {top:g}")
+    model, tokenizer = load_model(settings.model)
+    model = PeftModel.from_pretrained(model, sources[0][1], is_trainable=True)
+    runner = RecalRunner(model, tokenizer, tasks, evaluation, out)
+    plan = RecalPlan(
+        sources,
+        (settings.grid.noise_template.format(sigma=top),),
+        settings.grid.seeds,
+        settings.recal,
+        evaluation,
+    )
+    records = run_recalibration(runner, plan, log)
+    return [record for record in records if record["method"] not in adapters]
+
+
 def _summary(records: list[dict], settings: DemoSettings, seconds: float) -> dict:
     rows = summary_rows(records)
     table = {f"{row['method']}@{row['condition']}": row["tasks"] for row in rows}
     # quote a ratio only where its drop_significant says LoRA lost something measurable
-    ratios = {f"sigma={s:g}": recovery_estimate(records, f"sigma={s:g}") for s in settings.sigmas}
+    methods = sorted({row["method"] for row in rows} - {BASELINE})
+    ratios = {
+        f"{method}@sigma={s:g}": recovery_estimate(records, f"sigma={s:g}", robust=method)
+        for method in methods
+        for s in settings.sigmas
+    }
+    ratios = {key: ratio for key, ratio in ratios.items() if ratio is not None}
     return {"seconds": seconds, "settings": asdict(settings), "table": table, "recovery_ratio": ratios}
 
 

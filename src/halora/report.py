@@ -17,8 +17,10 @@ from collections import defaultdict
 from pathlib import Path
 
 from halora import files
+from halora.sweep import BASE
 
 AVERAGE = "average"
+BASELINE = "lora"  # every recovery ratio is of this method's drop
 CSV_KEYS = (
     "method",
     "task",
@@ -221,18 +223,21 @@ def markdown_summary(records: list[dict], title: str, rows: list[dict] | None = 
         cells += [_fmt_ci(row["tasks"].get(AVERAGE)), _fmt_ci(row.get("acc_norm"))]
         lines.append(f"| {row['method']} | {row['condition']} | {row['seeds']} | " + " | ".join(cells) + " |")
     ratios = [
-        (row["condition"], recovery_estimate(records, row["condition"]))
+        (row["method"], row["condition"], recovery_estimate(records, row["condition"], robust=row["method"]))
         for row in rows
-        if row["method"] == "halora" and row["noise"] != "clean"
+        if row["method"] not in (BASELINE, BASE) and row["noise"] != "clean"
     ]
-    if any(ratio is not None for _, ratio in ratios):
+    if any(ratio is not None for *_, ratio in ratios):
         lines += [
             "",
-            "Recovery ratio (halora − lora on chip) / (lora clean − lora on chip), 95 % interval:",
+            f"Recovery ratio (method − {BASELINE} on chip) / ({BASELINE} clean − {BASELINE} on chip), "
+            "95 % interval:",
             "",
         ]
         lines += [
-            f"- {condition}: {_fmt_recovery(ratio)}" for condition, ratio in ratios if ratio is not None
+            f"- {method} on {condition}: {_fmt_recovery(ratio)}"
+            for method, condition, ratio in ratios
+            if ratio is not None
         ]
     return "\n".join(lines) + "\n"
 
