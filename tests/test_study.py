@@ -178,3 +178,29 @@ def test_study_flags_override_the_file(tmp_path):
     assert (study.test_chips, study.test_sigmas, study.test_items) == (3, (0.01,), 6)
     with pytest.raises(UsageError, match="no study 'nosuch'.*reduced"):
         study_path("nosuch")
+
+
+def test_study_recalibration_axis_on_tiny(tmp_path):
+    path = write_study(tmp_path)
+    out = tmp_path / "out"
+    flags = [
+        "--recal-steps",
+        "2",
+        "--recal-sigmas",
+        "0.05",
+        "--recal-from",
+        "lora,halora",
+        "--recal-calib-n",
+        "8",
+    ]
+    assert main(["study", "--study", str(path), "--out", str(out), "--train-seeds", "1", *flags]) == 0
+    table = json.loads((out / "results.json").read_text())["recalibration"]
+    methods = {row["method"] for row in table["rows"]}
+    assert {"lora@0", "lora@0+recal", "lora@0+recal@other", "lora@0+steps"} <= methods
+    halora = [row for row in table["rows"] if row["source"].startswith("halora")]
+    assert {row["method"].split("@0")[1] for row in halora} == {"", "+steps", "+recal", "+recal@other"}
+    assert all(row["recovery"] is not None for row in halora)  # each against lora@0's drop
+    assert table["baseline"] == "lora@0" and len(table["own_minus_other"]) == 2
+    for row in table["rows"]:
+        assert row["chips"] == [0, 1] and row["ci95"][0] <= row["accuracy"] <= row["ci95"][1]
+    assert "Per-chip recalibration" in (out / "report.md").read_text()

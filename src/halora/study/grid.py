@@ -19,6 +19,7 @@ from halora.errors import UsageError
 from halora.models import SMOLLM2
 from halora.noise import parse_noise_spec
 from halora.pipeline import Arm
+from halora.recalibrate import LOSSES
 from halora.settings import build, check, key_names, normalise, read_toml, setting
 from halora.train import TrainSettings
 
@@ -56,6 +57,14 @@ class StudySettings:
     calibrate_drop: float = setting(0.0, "target drop in points of the calibrated level (0: off)", min=0)
     calibrate_chips: int = setting(2, "calibration chips per probed sigma", min=1)
     bootstrap: int = setting(1000, "bootstrap resamples", min=10)
+    # Per-chip recalibration (README, "Per-chip recalibration"): the seed-0 adapter of each
+    # kept arm is tuned to every test chip of these levels (and the calibrated level), and
+    # scored there and on the next chip, beside the same extra steps without a chip.
+    recal_steps: int = setting(0, "recalibration steps per test chip (0: no recalibration)", min=0)
+    recal_sigmas: tuple[float, ...] = setting((0.02, 0.03), "test levels recalibrated on", min=0)
+    recal_calib_n: int = setting(128, "calibration items (train split) per recalibration", min=1)
+    recal_loss: str = setting("both", "recalibration loss: task, distill or both", choices=LOSSES)
+    recal_from: tuple[str, ...] = setting((), "method families recalibrated (empty: every kept one)")
 
     def __post_init__(self) -> None:
         check(self)

@@ -162,6 +162,8 @@ def report_markdown(report: dict) -> str:
             f"{_recovery_text(r['recovery'], baseline)} |"
             for r in final["rows"]
         ]
+    if report.get("recalibration"):
+        lines += ["", *recalibration_markdown(report["recalibration"])]
     return "\n".join(lines) + "\n"
 
 
@@ -187,3 +189,75 @@ def _recovery_text(recovery: dict | None, baseline: str) -> str:
     if not recovery["drop_significant"] or recovery["value"] is None:
         return f"n/a ({baseline}'s drop is not significant)"
     return _with_ci(recovery["value"], [recovery["low"], recovery["high"]], ".2f")
+
+
+RECAL_SUFFIXES = ("", "+steps", "+recal", "+recal@other")
+
+
+def recalibration_table(
+    records: list[dict], sources: list[str], baseline: str, resamples: int = 1000
+) -> dict:
+    """Per source adapter and noisy chip condition: the source, its equal-compute baseline
+    (+steps), recalibrated on its own chip (+recal) and on the next chip (+recal@other),
+    each with its accuracy interval and its recovery of `baseline`'s drop (the baseline's
+    clean and on-chip cells, same chips and items); and own chip minus other chip, paired
+    by the chip scored on. `records` are recal_sweep cells (labels "<source><suffix>")."""
+    by: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for r in records:
+        by[(r["method"], r["spec"])].append(r)
+    clean = next((r["spec"] for r in records if r["noise"] == "clean"), None)
+    specs = sorted({r["spec"] for r in records if r["noise"] != "clean"})
+    rows, own_minus_other = [], {}
+    for source in sources:
+        for spec in specs:
+            base_chip, base_clean = by.get((baseline, spec)), by.get((baseline, clean))
+            for suffix in RECAL_SUFFIXES:
+                cells = by.get((source + suffix, spec))
+                if not cells:
+                    continue
+                accuracy = accuracy_ci(cells, resamples)
+                recovery = None
+                if base_chip and base_clean and source + suffix != baseline:
+                    recovery = recovery_ci(cells, base_chip, base_clean, resamples).to_json()
+                rows.append(
+                    {
+                        "source": source,
+                        "method": source + suffix,
+                        "spec": spec,
+                        "accuracy": accuracy.value,
+                        "ci95": _bounds(accuracy),
+                        "recovery": recovery,
+                        "chips": sorted({r["seed"] for r in cells}),
+                    }
+                )
+            own, other = by.get((f"{source}+recal", spec)), by.get((f"{source}+recal@other", spec))
+            if own and other:
+                delta = delta_ci(own, other, resamples)
+                own_minus_other[f"{source} | {spec}"] = {"value": delta.value, "ci95": _bounds(delta)}
+    return {"baseline": baseline, "rows": rows, "own_minus_other": own_minus_other}
+
+
+def recalibration_markdown(table: dict) -> list[str]:
+    baseline = table["baseline"]
+    lines = [
+        "## Per-chip recalibration (test chips)",
+        "",
+        "+recal: tuned on the chip it is scored on; +recal@other: tuned on another chip of the "
+        "same level; +steps: the same extra steps without a chip (equal compute). Recovery "
+        f"ratio of {baseline}'s drop, where that drop is significant.",
+        "",
+        "| adapter | chip | accuracy | recovery ratio | chips |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['method']} | {r['spec']} | {_with_ci(r['accuracy'], r['ci95'])} | "
+        f"{_recovery_text(r['recovery'], baseline)} | {', '.join(map(str, r['chips']))} |"
+        for r in table["rows"]
+    ]
+    if table["own_minus_other"]:
+        lines += ["", "Own chip minus other chip (points, paired by the chip scored on):", ""]
+        lines += [
+            f"- {key}: {_with_ci(d['value'], d['ci95'], '+.1f')}"
+            for key, d in table["own_minus_other"].items()
+        ]
+    return [*lines, ""]

@@ -5,6 +5,9 @@
                 method family (lora, noisy, reg, halora, ...)
     2. final    train each kept arm with more training seeds; score them all on the TEST
                 split, on the same chips: clean, every test sigma, stuck-at faults
+    2b. recal   (recal_steps > 0) each kept arm's seed-0 adapter tuned to every test chip
+                of the recalibration levels, scored there and on the next chip, beside the
+                same extra steps without a chip (halora.recal_sweep)
     3. report   mean accuracy with 95 % bootstrap intervals (over chips, training seeds and
                 test items), chip-seed spread, and the recovery ratio against plain LoRA with
                 its interval (only where LoRA's drop is significant); the chips used
@@ -22,6 +25,7 @@ from pathlib import Path
 
 from halora import files
 from halora.calibrate import Calibration, calibrate_sigma
+from halora.errors import UsageError
 from halora.evaluate import EvalSettings
 from halora.pipeline import Arm, Log, score, train_arm, training_examples
 from halora.study.grid import StudySettings
@@ -81,10 +85,51 @@ def run_study(study: StudySettings, out: str | Path, log: Log = print) -> dict:
     }
     report = build_report(study, chosen, selection, finals)
     report["calibration"] = calibration.to_json() if calibration else None
+    if study.recal_steps > 0:
+        report["recalibration"] = _recalibrate(study, tasks, chosen, final_adapters, extra_sigma, out, log)
     files.write_json(out / "results.json", report)
     files.write_text(out / "report.md", report_markdown(report))
     log((out / "report.md").read_text(encoding="utf-8"))
     return report
+
+
+def _recalibrate(
+    study: StudySettings,
+    tasks: list[Task],
+    chosen: dict[str, str],
+    final_adapters: list[tuple[str, str]],
+    extra_sigma: tuple[float, ...],
+    out: Path,
+    log: Log,
+) -> dict:
+    """Each kept arm's seed-0 adapter tuned to every test chip of the recalibration levels."""
+    from peft import PeftModel
+
+    from halora.models import load_model
+    from halora.noise import GAUSSIAN_TEMPLATE
+    from halora.recal_sweep import RecalPlan, RecalRunner, run_recalibration
+    from halora.recalibrate import RecalSettings
+    from halora.study.report import recalibration_table
+
+    folders = dict(final_adapters)
+    families = study.recal_from or tuple(chosen)
+    sources = tuple((f"{chosen[f]}@0", folders[f"{chosen[f]}@0"]) for f in families if f in chosen)
+    if not sources:
+        raise UsageError(f"recal_from {', '.join(families)}: no such kept family ({', '.join(chosen)})")
+    sigmas = (*study.recal_sigmas, *extra_sigma)
+    settings = RecalSettings(
+        steps=study.recal_steps, calib_n=study.recal_calib_n, loss=study.recal_loss,
+        max_length=study.base.get("max_length", 96),
+    )  # fmt: skip
+    evaluation = EvalSettings(items=study.test_items, eval_batch_size=32, scorer="loglik")
+    model, tokenizer = load_model(study.model)
+    model = PeftModel.from_pretrained(model, sources[0][1], is_trainable=True)
+    runner = RecalRunner(model, tokenizer, tasks, evaluation, out / "recal")
+    specs = tuple(GAUSSIAN_TEMPLATE.format(sigma=sigma) for sigma in sigmas)
+    seeds = ChipGrid(chips=study.test_chips).seeds
+    records = run_recalibration(runner, RecalPlan(sources, specs, seeds, settings, evaluation), log)
+    baseline = f"{chosen[study.baseline]}@0"
+    return recalibration_table(records, [label for label, _ in sources], baseline, study.bootstrap)
 
 
 def _calibrate(study: StudySettings, tasks: list[Task], adapters, out: Path, log: Log) -> Calibration | None:
