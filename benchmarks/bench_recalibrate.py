@@ -29,7 +29,8 @@ from halora.models import load_model
 from halora.noise import GAUSSIAN_TEMPLATE
 from halora.recal_sweep import RecalPlan, RecalRunner, recalibration_seconds, run_recalibration
 from halora.recalibrate import RecalSettings
-from halora.study.stats import accuracy_ci, delta_ci, recovery_ci
+from halora.study.report import recalibration_table
+from halora.study.stats import accuracy_ci, recovery_ci
 from halora.sweep import CHIP_SETS, CLEAN
 from halora.tasks import load_tasks
 
@@ -99,34 +100,26 @@ def curves_grid(bench: Bench, args) -> None:
             runner.score(f"{label}+recal-{items}items", spec, seed, tuned_n, tuned_on=seed)
 
 
-def summarise(bench: Bench) -> dict:
+def summarise(bench: Bench, args) -> dict:
+    """Every label's accuracy and recovery of the first source's drop; for the main grid,
+    the recalibration table of the study's report (own vs other chip, equal compute)."""
     cells = list(bench.runner.cache.records.values())
-    by = {}
+    baseline = next(iter(bench.sources))
+    by: dict[tuple[str, str], list[dict]] = {}
     for cell in cells:
         by.setdefault((cell["method"], cell["spec"]), []).append(cell)
-    summary: dict = {"accuracy": {}, "recovery": {}, "own_minus_other": {}}
-    specs = sorted({spec for _, spec in by if spec != CLEAN})
+    summary: dict = {"accuracy": {}, "recovery": {}}
     for (method, spec), group in sorted(by.items()):
-        summary["accuracy"][f"{method} | {spec}"] = accuracy_ci(group).to_json() | {
-            "chips": sorted({c["seed"] for c in group})
-        }
-    for source in bench.sources:
-        clean = by.get((source, CLEAN))
-        for spec in specs:
-            base = by.get((source, spec))
-            if not clean or not base:
-                continue
-            for (method, other_spec), group in by.items():
-                if other_spec == spec and method.startswith(f"{source}+"):
-                    summary["recovery"][f"{method} | {spec}"] = recovery_ci(group, base, clean).to_json()
-            own, other = by.get((f"{source}+recal", spec)), by.get((f"{source}+recal@other", spec))
-            if own and other:
-                # paired by the chip scored on: each chip holds its own adapter and the one
-                # tuned on the chip before it
-                summary["own_minus_other"][f"{source} | {spec}"] = delta_ci(own, other).to_json()
-    summary["runs"] = list(bench.runner.runs.values())
+        estimate = accuracy_ci(group).to_json()
+        summary["accuracy"][f"{method} | {spec}"] = estimate | {"chips": sorted({c["seed"] for c in group})}
+        base, clean = by.get((baseline, spec)), by.get((baseline, CLEAN))
+        if spec != CLEAN and method != baseline and base and clean:
+            summary["recovery"][f"{method} | {spec}"] = recovery_ci(group, base, clean).to_json()
+    if args.grid == "main":
+        summary["table"] = recalibration_table(cells, list(bench.sources), baseline)
     seconds = recalibration_seconds(bench.runner)
     summary["seconds_per_recalibration"] = {"median": median(seconds), "n": len(seconds)}
+    summary["runs"] = list(bench.runner.runs.values())
     return summary
 
 
@@ -155,7 +148,7 @@ def main() -> None:
     bench = Bench(args)
     {"main": main_grid, "losses": losses_grid, "curves": curves_grid}[args.grid](bench, args)
     emit(NAME + ("" if args.grid == "main" else f"_{args.grid}"), {
-        "settings": vars(args), "environment": environment(), **summarise(bench)})  # fmt: skip
+        "settings": vars(args), "environment": environment(), **summarise(bench, args)})  # fmt: skip
 
 
 if __name__ == "__main__":
