@@ -184,3 +184,83 @@ def test_recovery_ratio():
     assert recovery_ratio(rows, "sigma=0.02") == pytest.approx(0.75)
     assert recovery_ratio(rows, "sigma=0.01") is None
     assert summary_rows([]) == []
+
+
+def test_a_second_writer_is_refused_and_a_stale_lock_taken_over(setup, monkeypatch):
+    import os
+    import socket
+
+    tmp_path, folders, spec = setup
+    tasks = load_tasks(spec)
+    model, adapters = model_with(folders)
+    plan = plan_for(tasks, adapters, seeds=1)
+    out = tmp_path / "locked"
+    out.mkdir()
+    lock = out / "cells-rank0.lock"
+    host = socket.gethostname()
+    lock.write_text(json.dumps({"pid": os.getppid(), "host": host}))  # a live process
+    with pytest.raises(UsageError) as refused:
+        run_sweep(model, byte_tokenizer(), tasks, plan, out)
+    assert str(refused.value) == (
+        f"{out} is being written by pid {os.getppid()} on {host} (lock file {lock}): "
+        "wait for it, or delete the lock if that process is gone"
+    )
+    assert not (out / "cells-rank0.jsonl").exists()
+    lock.write_text(json.dumps({"pid": os.getppid(), "host": "another-host"}))  # cannot be checked
+    with pytest.raises(UsageError, match="being written by pid .* on another-host"):
+        run_sweep(model, byte_tokenizer(), tasks, plan, out)
+    monkeypatch.setattr(sweep_module, "_pid_alive", lambda pid: False)
+    lock.write_text(json.dumps({"pid": os.getppid(), "host": host}))  # its process is gone
+    records = run_sweep(model, byte_tokenizer(), tasks, plan, out)
+    assert len(records) == 3 * (1 + 3)
+    assert not lock.exists()  # released
+
+
+def test_the_lock_is_released_when_the_sweep_fails(setup, monkeypatch):
+    tmp_path, folders, spec = setup
+    tasks = load_tasks(spec)
+    model, adapters = model_with(folders)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(sweep_module, "evaluate_task", broken)
+    with pytest.raises(RuntimeError):
+        run_sweep(model, byte_tokenizer(), tasks, plan_for(tasks, adapters), tmp_path / "fails")
+    assert not (tmp_path / "fails" / "cells-rank0.lock").exists()
+
+
+def test_a_torn_line_is_reported_and_its_cell_recomputed(setup, capsys):
+    tmp_path, folders, spec = setup
+    tasks = load_tasks(spec)
+    model, adapters = model_with(folders)
+    plan = plan_for(tasks, adapters, seeds=1)
+    first = run_sweep(model, byte_tokenizer(), tasks, plan, tmp_path / "torn")
+    cache = tmp_path / "torn" / "cells-rank0.jsonl"
+    lines = cache.read_text().splitlines()
+    cache.write_text("\n".join(lines[:3]) + "\n" + lines[3][:25])  # killed mid-write, no newline
+    capsys.readouterr()
+    second = run_sweep(model, byte_tokenizer(), tasks, plan, tmp_path / "torn")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"halora: warning: {cache}: 1 torn line(s) (a kill mid-write); their cells are computed again"
+    ]
+    strip = lambda rs: sorted(json.dumps(r, sort_keys=True) for r in rs)  # noqa: E731
+    assert strip(first) == strip(second)
+    assert strip(gather_records(tmp_path / "torn")) == strip(first)  # every line of the file parses
+    assert all(json.loads(line) for line in cache.read_text().splitlines())
+
+
+def test_the_main_rank_waits_for_the_others_and_reports_a_rank_that_stopped(setup):
+    from halora.sweep import wait_for_ranks
+
+    tmp_path, folders, spec = setup
+    tasks = load_tasks(spec)
+    model, adapters = model_with(folders)
+    plan = plan_for(tasks, adapters, seeds=1)
+    out = tmp_path / "ranks"
+    run_sweep(model, byte_tokenizer(), tasks, plan, out, rank=0, world=2)
+    with pytest.raises(UsageError, match=r"rank\(s\) 1 stopped before finishing their share"):
+        wait_for_ranks(out, plan, world=2, poll_s=0.01, grace_s=0.0)
+    run_sweep(model, byte_tokenizer(), tasks, plan, out, rank=1, world=2)
+    assert len(wait_for_ranks(out, plan, world=2, grace_s=0.0)) == 3 * (1 + 3)

@@ -25,6 +25,11 @@ if TYPE_CHECKING:
     from halora.train import TrainSettings
 
 SIDECAR = "halora.json"
+# Training settings that only mean something when the method uses them: recorded as null
+# otherwise, so halora.json never shows a noise, a mu or a KL weight the run did not apply.
+NOISE_KEYS = ("train_noise", "redraw_every", "noise_seed", "noise_ramp_steps", "noise_targets")
+REG_KEYS = ("mu", "reduction", "reg_scaled", "mu_warmup_steps")
+DISTILL_KEYS = ("distill_weight",)
 
 
 def weights_hash(model: torch.nn.Module) -> str:
@@ -58,7 +63,7 @@ def sidecar(
     return {
         "halora_version": __version__,
         "method": settings.method,
-        "training": asdict(settings),
+        "training": used_settings(settings),
         "noise_ramp_steps_used": settings.ramp_steps if settings.injects_noise else 0,
         "noise_seed_used": settings.effective_noise_seed if settings.injects_noise else None,
         "lora": asdict(lora),
@@ -74,6 +79,17 @@ def sidecar(
         "command": sys.argv,
         **extra,
     }
+
+
+def used_settings(settings: TrainSettings) -> dict:
+    """The training settings as the run used them: those of a part the method leaves out
+    (noise, the regulariser, the KL term) are None."""
+    unused = (
+        (() if settings.injects_noise else NOISE_KEYS)
+        + (() if settings.regularizes else REG_KEYS)
+        + (() if settings.distills else DISTILL_KEYS)
+    )
+    return {key: None if key in unused else value for key, value in asdict(settings).items()}
 
 
 def read_sidecar(adapter_dir: str | Path) -> dict:

@@ -10,11 +10,18 @@ identical chips. Each finished cell is appended to a cache file as soon as it is
 a rerun with the same --out skips the cached cells, so an interrupted sweep resumes
 where it stopped. Under `torchrun` / `accelerate launch` each rank takes every
 world-size-th chip, and the main rank writes the results when all are done.
+
+A rank's cache file has one writer at a time: cells-rank{R}.lock (pid and host) keeps a
+second sweep into the same folder out, and a lock left by a killed process is taken over.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import socket
+import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -143,18 +150,33 @@ def cell_key(method: str, task: str, spec: str, seed: int) -> str:
 
 
 class CellCache:
-    """Finished cells, one JSON line each; a torn last line (a kill mid-write) is ignored."""
+    """Finished cells, one JSON line each; a torn line (a kill mid-write) is left out, so its
+    cell is computed again."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.records: dict[str, dict] = {}
+        self.torn = 0  # lines that did not parse
         if path.exists():
             for line in path.read_text(encoding="utf-8").splitlines():
                 try:
                     record = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                self.records[record["key"]] = record
+                    self.records[record["key"]] = record
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    self.torn += 1
+
+    def drop_torn(self) -> None:
+        """For the writer (holding the lock): say so, and rewrite the file without torn lines,
+        so the next cell does not land on the end of a torn one and get lost with it."""
+        if not self.torn:
+            return
+        print(
+            f"halora: warning: {self.path}: {self.torn} torn line(s) (a kill mid-write); "
+            "their cells are computed again",
+            file=sys.stderr,
+        )
+        files.write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.records.values()))
+        self.torn = 0
 
     def add(self, record: dict) -> None:
         self.records[record["key"]] = record
@@ -163,8 +185,87 @@ class CellCache:
             handle.flush()
 
 
-def check_manifest(out: Path, plan: SweepPlan) -> None:
-    """A folder holds one sweep: resuming with another grid would mix results."""
+def lock_path(out: Path, rank: int) -> Path:
+    return out / f"cells-rank{rank}.lock"
+
+
+@contextmanager
+def cells_lock(out: Path, rank: int) -> Iterator[Path]:
+    """Hold rank `rank`'s cache file for this process: two writers appending to one file
+    would each skip the other's cells and compute them twice, or interleave lines."""
+    path = lock_path(out, rank)
+    mine = {"pid": os.getpid(), "host": socket.gethostname()}
+    if not _create_lock(path, mine):
+        holder = _lock_holder(path)
+        if holder is not None and not _is_stale(holder, path):
+            raise UsageError(_held_message(out, path, holder))
+        path.unlink(missing_ok=True)  # its writer is gone: taken over
+        if not _create_lock(path, mine):  # another process took it over first
+            raise UsageError(_held_message(out, path, _lock_holder(path)))
+    try:
+        yield path
+    finally:
+        if _lock_holder(path) == mine:
+            path.unlink(missing_ok=True)
+
+
+def _create_lock(path: Path, holder: dict) -> bool:
+    """Create the lock holding `holder`; False when it exists (O_EXCL: one creator wins)."""
+    try:
+        handle = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return False
+    with os.fdopen(handle, "w", encoding="utf-8") as lock:
+        lock.write(json.dumps(holder))
+    return True
+
+
+def _lock_holder(path: Path) -> dict | None:
+    """The lock's {"pid", "host"}, {} when it cannot be read, None when it is gone."""
+    try:
+        holder = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return {}
+    return holder if isinstance(holder, dict) else {}
+
+
+def _is_stale(holder: dict, path: Path) -> bool:
+    """A lock whose process is gone. Only a process on this host can be checked; one with
+    our own pid is a leftover of an earlier process (containers reuse small pids). An
+    unreadable lock older than a few seconds is one whose writer died before writing it."""
+    if not holder:
+        try:
+            return time.time() - path.stat().st_mtime > 5
+        except FileNotFoundError:
+            return True
+    if holder.get("host") != socket.gethostname() or not isinstance(holder.get("pid"), int):
+        return False
+    return holder["pid"] == os.getpid() or not _pid_alive(holder["pid"])
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # alive, another user's
+    return True
+
+
+def _held_message(out: Path, path: Path, holder: dict | None) -> str:
+    who = f"pid {holder['pid']} on {holder.get('host')}" if holder and "pid" in holder else "another process"
+    return (
+        f"{out} is being written by {who} (lock file {path}): "
+        "wait for it, or delete the lock if that process is gone"
+    )
+
+
+def check_manifest(out: Path, plan: SweepPlan, write: bool = True) -> None:
+    """A folder holds one sweep: resuming with another grid would mix results. Only the main
+    rank writes the manifest; the others check it when it is there."""
     path = out / MANIFEST
     wanted = json.loads(json.dumps(plan.manifest()))
     if path.exists():
@@ -174,7 +275,7 @@ def check_manifest(out: Path, plan: SweepPlan) -> None:
                 f"{out} holds a different sweep ({MANIFEST} differs): "
                 "use a new --out, or the same settings to resume"
             )
-    else:
+    elif write:
         files.write_json(path, wanted)
 
 
@@ -195,11 +296,25 @@ def run_sweep(
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    if rank == 0:
-        check_manifest(out, plan)
-    cache = CellCache(out / f"cells-rank{rank}.jsonl")
+    check_manifest(out, plan, write=rank == 0)
+    with cells_lock(out, rank):
+        cache = CellCache(out / f"cells-rank{rank}.jsonl")
+        cache.drop_torn()
+        _run_cells(model, tokenizer, tasks, plan, cache, placement, plan.chips()[rank::world])
+        return list(cache.records.values())
+
+
+def _run_cells(
+    model,
+    tokenizer,
+    tasks: list[Task],
+    plan: SweepPlan,
+    cache: CellCache,
+    placement: Placement,
+    my_chips: list[tuple[Condition, int]],
+) -> None:
+    """Score every cell of these chips that the cache does not hold yet."""
     examples = {task.name: task.examples(plan.eval.split, plan.eval.items) for task in tasks}
-    my_chips = plan.chips()[rank::world]
     progress = tqdm(
         total=len(my_chips) * len(plan.adapters) * len(tasks), desc="sweep", disable=not plan.eval.progress
     )
@@ -235,7 +350,6 @@ def run_sweep(
         if chip is not None:
             chip.restore()
         progress.close()
-    return list(cache.records.values())
 
 
 def _program(chip: Chip | None, model, condition: Condition, seed: int, placement: Placement) -> Chip:
@@ -261,7 +375,54 @@ def _using_adapter(model, method: str) -> Iterator[None]:
 
 def gather_records(out: str | Path) -> list[dict]:
     """All ranks' cached cells of a sweep folder."""
+    return list(_gathered(Path(out)).values())
+
+
+def _gathered(out: Path) -> dict[str, dict]:
     records: dict[str, dict] = {}
-    for path in sorted(Path(out).glob("cells-rank*.jsonl")):
+    for path in sorted(out.glob("cells-rank*.jsonl")):
         records.update(CellCache(path).records)
-    return list(records.values())
+    return records
+
+
+def wait_for_ranks(
+    out: str | Path, plan: SweepPlan, world: int, poll_s: float = 2.0, grace_s: float = 300.0
+) -> list[dict]:
+    """The main rank's gather: every rank's cells, once all are in the cache files.
+
+    The ranks share nothing but the folder (no process group, no barrier whose timeout a
+    long share could outlast). A rank whose cells are missing and that holds no lock for
+    `grace_s` seconds (crashed, or never started) is reported instead of waited for."""
+    out = Path(out)
+    owners = _cell_owners(plan, world)
+    started, told = time.monotonic(), False
+    while True:
+        records = _gathered(out)
+        missing = sorted({rank for key, rank in owners.items() if key not in records})
+        if not missing:
+            return list(records.values())
+        idle = [rank for rank in missing if not _lock_live(lock_path(out, rank))]
+        if idle and time.monotonic() - started >= grace_s:
+            raise UsageError(
+                f"rank(s) {', '.join(map(str, idle))} stopped before finishing their share of the "
+                f"sweep in {out}: run the same command again to resume it"
+            )
+        if not told:
+            print(f"waiting for rank(s) {', '.join(map(str, missing))} to finish", file=sys.stderr)
+            told = True
+        time.sleep(poll_s)
+
+
+def _cell_owners(plan: SweepPlan, world: int) -> dict[str, int]:
+    """Every cell key of the plan and the rank that computes it (chip i: rank i % world)."""
+    return {
+        cell_key(method, task, condition.spec, seed): index % world
+        for index, (condition, seed) in enumerate(plan.chips())
+        for method, _ in plan.adapters
+        for task in plan.tasks
+    }
+
+
+def _lock_live(path: Path) -> bool:
+    holder = _lock_holder(path)
+    return holder is not None and not _is_stale(holder, path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 from halora.commands.common import (
@@ -20,7 +21,7 @@ from halora.lora import load_adapters
 from halora.models import load_model
 from halora.report import plot_sweep, write_results
 from halora.settings import add_flags, from_args
-from halora.sweep import BASE, ChipGrid, SweepPlan, gather_records, run_sweep
+from halora.sweep import BASE, ChipGrid, SweepPlan, run_sweep, wait_for_ranks
 from halora.tasks import load_tasks
 
 
@@ -62,10 +63,44 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_placement_flags(parser)
 
 
-def run(args: argparse.Namespace) -> int:
+def process_share() -> tuple[int, int, int]:
+    """(rank, world size, local rank) of this process. torchrun sets RANK and WORLD_SIZE (also
+    on CPU), and a sweep needs nothing else from the launcher: the ranks share only the output
+    folder, so no process group is set up (two processes started by hand with RANK and
+    WORLD_SIZE split a sweep just as well). Other launchers (accelerate's MPI, ...) are read
+    through accelerate's PartialState."""
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        rank, world = _env_int("RANK"), _env_int("WORLD_SIZE")
+        if not 0 <= rank < world:
+            raise UsageError(f"RANK={rank} with WORLD_SIZE={world}: a rank is 0 ... WORLD_SIZE - 1")
+        return rank, world, _env_int("LOCAL_RANK") if "LOCAL_RANK" in os.environ else rank
     from accelerate import PartialState
 
     state = PartialState()
+    return state.process_index, state.num_processes, state.local_process_index
+
+
+def _env_int(name: str) -> int:
+    try:
+        return int(os.environ[name])
+    except ValueError:
+        raise UsageError(f"environment variable {name}={os.environ[name]!r} is not an integer") from None
+
+
+def rank_device(chosen: str, world: int, local_rank: int) -> str:
+    """One process: the --device asked for. Several: each rank its own GPU where there are
+    GPUs (as under accelerate before), else the CPU."""
+    import torch
+
+    if world == 1:
+        return chosen
+    if torch.cuda.is_available():
+        return f"cuda:{local_rank % torch.cuda.device_count()}"
+    return "cpu"
+
+
+def run(args: argparse.Namespace) -> int:
+    rank, world, local_rank = process_share()
     output_folder(args.out)
     adapters = parse_adapters(args.adapters)
     if not adapters and not args.base:
@@ -78,26 +113,16 @@ def run(args: argparse.Namespace) -> int:
         seeds=grid.seeds,
         adapters=labels + adapters,
         tasks=tuple(t.name for t in tasks),
-        eval=eval_from(args, progress=state.is_main_process),
+        eval=eval_from(args, progress=rank == 0),
         model=chosen.label,
     )
-    device = chosen.device if state.num_processes == 1 else state.device  # each rank its own GPU
+    device = rank_device(chosen.device, world, local_rank)
     model, tokenizer = load_model(chosen.model, dtype=chosen.dtype, device=device)
     model = load_adapters(model, list(adapters))
     started = time.perf_counter()
-    run_sweep(
-        model,
-        tokenizer,
-        tasks,
-        plan,
-        args.out,
-        placement_from(args),
-        rank=state.process_index,
-        world=state.num_processes,
-    )
-    state.wait_for_everyone()
-    if state.is_main_process:
-        records = gather_records(args.out)
+    run_sweep(model, tokenizer, tasks, plan, args.out, placement_from(args), rank=rank, world=world)
+    if rank == 0:  # the other ranks are done when their share is
+        records = wait_for_ranks(args.out, plan, world)
         paths = write_results(args.out, records, {"title": f"halora sweep: {plan.model}", **plan.manifest()})
         plot_sweep(records, args.out)
         print(paths["md"].read_text(encoding="utf-8"))

@@ -21,7 +21,12 @@ from halora.train import TrainSettings, train
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_flag(parser)
     parser.add_argument("--out", required=True, help="output folder (adapter, halora.json, log)")
-    parser.add_argument("--resume", action="store_true", help="continue the run in --out")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the interrupted run in --out from its last checkpoint, with the same settings "
+        "(a run stopped before its first checkpoint starts over there)",
+    )
     add_model_flags(parser)
     add_flags(parser, TaskChoice, "data")
     add_flags(parser, TrainSettings, "training")
