@@ -45,6 +45,7 @@ class RecalPlan:
     settings: RecalSettings
     eval: EvalSettings
     equal_compute: bool = True  # also score "+steps", the same steps without a chip
+    other_chip: bool = True  # also score each tuned adapter on the next chip ("+recal@other")
 
 
 class RecalRunner:
@@ -158,7 +159,7 @@ def run_recalibration(runner: RecalRunner, plan: RecalPlan, log: Log = print) ->
                     runner.score(f"{label}+steps", spec, seed, extra)
                 tuned = runner.tuned(source, f"{label}|{spec}|{seed}", spec, seed, plan.settings, log=log)
                 runner.score(f"{label}+recal", spec, seed, tuned, tuned_on=seed)
-                if len(plan.seeds) > 1:
+                if plan.other_chip and len(plan.seeds) > 1:
                     other = plan.seeds[(index + 1) % len(plan.seeds)]
                     runner.score(f"{label}+recal@other", spec, other, tuned, tuned_on=seed)
     return list(runner.cache.records.values())

@@ -63,7 +63,8 @@ class StudySettings:
     recal_steps: int = setting(0, "recalibration steps per test chip (0: no recalibration)", min=0)
     recal_sigmas: tuple[float, ...] = setting((0.02, 0.03), "test levels recalibrated on", min=0)
     recal_calib_n: int = setting(128, "calibration items (train split) per recalibration", min=1)
-    recal_loss: str = setting("both", "recalibration loss: task, distill or both", choices=LOSSES)
+    # distill: chosen over task and both on validation chips (README, "Per-chip recalibration")
+    recal_loss: str = setting("distill", "recalibration loss: task, distill or both", choices=LOSSES)
     recal_from: tuple[str, ...] = setting((), "method families recalibrated (empty: every kept one)")
 
     def __post_init__(self) -> None:
