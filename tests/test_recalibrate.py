@@ -6,6 +6,7 @@ import pytest
 import torch
 from peft import PeftModel
 from safetensors.torch import load_file
+from test_commands import mc_tasks
 
 from halora.cim import program_chip, rram_layers
 from halora.cli import main
@@ -143,17 +144,6 @@ def test_train_refuses_bf16_in_one_line(monkeypatch, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "bf16" in err[0]
     assert not (tmp_path / "run" / "adapter_model.safetensors").exists()
-
-
-def mc_tasks(tmp_path) -> str:
-    records = [
-        {"prompt": f"{a} and {b} make", "options": [" even", " odd"], "gold": (a + b) % 2}
-        for a in range(10)
-        for b in range(10)
-    ]
-    path = tmp_path / "parity.json"
-    path.write_text(json.dumps(records))
-    return f"json:{path}"
 
 
 def test_recalibrate_command_writes_a_named_chip_adapter(adapter_dir, tmp_path, capsys):

@@ -10,6 +10,8 @@ import shutil
 
 import pytest
 from safetensors.torch import load_file
+from test_train import examples as train_examples
+from test_train import quick as train_quick
 
 from halora.cli import main
 from halora.errors import UsageError
@@ -22,24 +24,13 @@ LORA = LoraSettings(rank=4, alpha=8, dropout=0.0)
 
 
 def examples() -> list[Example]:
-    return [Example(task="add", prompt=f"{a}+{b}=", answer=f"{a + b}") for a in range(8) for b in range(4)]
+    return train_examples(32)
 
 
 def quick(method: str = "halora", **overrides) -> TrainSettings:
-    values = dict(
-        method=method,
-        steps=8,
-        batch_size=8,
-        lr=3e-2,
-        warmup_steps=0,
-        train_noise="gaussian:sigma=0.02",
-        redraw_every=3,
-        mu=0.01,
-        logging_steps=2,
-        save_steps=4,
-        progress=False,
-    )
-    return TrainSettings(**{**values, **overrides})
+    """test_train's short recipe, checkpointing every 4 of 8 steps."""
+    resumable = dict(steps=8, redraw_every=3, logging_steps=2, save_steps=4)
+    return train_quick(method, **{**resumable, **overrides})
 
 
 def run(out, settings: TrainSettings, resume: bool = False, lora: LoraSettings = LORA):
