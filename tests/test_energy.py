@@ -8,6 +8,7 @@ import pytest
 
 from halora.cli import main
 from halora.energy import (
+    MAX_TOKENS,
     PAPER_TARGETS,
     block_matrices,
     bundled_models,
@@ -16,6 +17,7 @@ from halora.energy import (
     load_preset,
     lora_matrices,
 )
+from halora.energy.arch import MODELS
 
 # HaLoRA (arXiv 2502.19747), Table 6 / Fig. 7: 512 tokens, LoRA r=4 on the paper's targets.
 PAPER = {
@@ -236,6 +238,9 @@ def test_model_from_a_config_path_or_folder(capsys, tmp_path):
         (["--preset", "nonesuch"], "unknown preset"),
         (["--tokens", "0"], "--tokens"),
         (["--tokens", "many"], "--tokens"),
+        (["--tokens", "1000001"], "--tokens must be an integer from 1 to 1,000,000"),
+        (["--phase", "decode", "--prompt", "1000001"], "--prompt must be an integer from 0 to 1,000,000"),
+        (["--plot", "/proc/halora-chart.png"], "--plot /proc/halora-chart.png cannot be written"),
         (["--rank", "-1"], "--rank"),
         (["--set", "rram.adc_bit=10"], "did you mean rram.adc_bits"),
         (["--set", "rram.adc_bits=ten"], "must be an integer"),
@@ -298,3 +303,49 @@ def test_library_rejects_non_positive_tokens():
 
     with pytest.raises(UsageError, match="tokens"):
         report(tokens=0)
+
+
+def test_tokens_are_bounded_where_the_table_still_shows_every_figure(capsys, monkeypatch):
+    from halora.errors import UsageError
+
+    monkeypatch.setenv("COLUMNS", "80")  # rich's width when printing to a pipe
+
+    with pytest.raises(UsageError, match="from 1 to 1,000,000"):
+        report(tokens=MAX_TOKENS + 1)
+    assert main(["energy", "--model", "llama-3.2-3b", "--tokens", str(MAX_TOKENS)]) == 0
+    assert "…" not in capsys.readouterr().out  # no cell cut
+
+
+# ------------------------------------------------------------------ the demo's energy lines
+
+
+def test_demo_energy_names_the_model_it_ran_and_the_papers_reference():
+    from halora.demo import DemoSettings, _energy_text
+
+    lines = _energy_text(DemoSettings(model="qwen2.5-0.5b")).splitlines()
+    assert lines[1].split()[0] == "qwen2.5-0.5b" and "hybrid CIM" in lines[1]
+    assert lines[2].split()[0] == "llama-3.2-1b" and lines[2].endswith("(the paper's reference)")
+    assert len(lines) == 3
+
+
+def test_demo_energy_says_when_there_is_no_preset_for_the_model():
+    from halora.demo import DemoSettings, _energy_text
+
+    lines = _energy_text(DemoSettings(model="tiny")).splitlines()
+    assert lines[1].startswith("  tiny: no energy preset for this model")
+    assert "smollm2" not in lines[1].split(":")[0] and lines[2].split()[0] == "llama-3.2-1b"
+
+
+def test_demo_energy_reads_a_model_folder(tmp_path):
+    from halora.demo import DemoSettings, _energy_text
+
+    (tmp_path / "config.json").write_text((MODELS / "smollm2-135m.json").read_text())
+    assert _energy_text(DemoSettings(model=str(tmp_path))).splitlines()[1].split()[0] == tmp_path.name
+
+
+def test_demo_time_estimate_says_whose_it_is():
+    from halora.demo import DemoSettings, _estimate_text
+
+    assert "SmolLM2" not in _estimate_text(DemoSettings(), 25)
+    other = _estimate_text(DemoSettings(model="tiny"), 25)
+    assert "about 25 min for SmolLM2-135M on 2 CPU cores" in other and "tiny" in other

@@ -12,7 +12,7 @@ import torch
 
 from halora.cim import Placement
 from halora.errors import UsageError
-from halora.lmeval import INSTALL_HINT, compact_metrics, evaluate_lm_eval
+from halora.lmeval import INSTALL_HINT, compact_metrics, evaluate_lm_eval, results_table
 from halora.lora import LoraSettings, attach_lora
 from halora.models import build_tiny
 
@@ -204,3 +204,26 @@ def test_compact_metrics_keeps_numbers_and_drops_the_none_filter():
         }
     }
     assert compact_metrics(results) == {"t": {"acc": 0.5, "exact_match,strict-match": 1.0}}
+
+
+def test_the_table_is_lm_evals_own(lm_eval):
+    result = {
+        "results": {"t": {"alias": "t", "acc,none": 0.5, "acc_stderr,none": 0.25}},
+        "n_shot": {"t": 0},
+        "versions": {"t": 1.0},
+        "higher_is_better": {"t": {"acc": True}},
+    }
+    table = results_table(result)
+    assert table.splitlines()[0].replace(" ", "").startswith("|Tasks|Version|Filter|n-shot|Metric|")
+    assert "0.5" in table and "0.25" in table and "↑" in table
+
+
+def test_command_prints_the_chip_line_and_lm_evals_table(lm_eval, tmp_path, capsys):
+    from halora.cli import main
+
+    argv = ["lm-eval", "--model", "tiny", "--noise", NOISE, "--lm-tasks", TASK]
+    assert main([*argv, "--include-path", str(FIXTURE), "--items", "3"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("tiny + no adapter on chip gaussian:sigma=0.05") and "lm-eval" in lines[0]
+    assert lines[1].replace(" ", "").startswith("|Tasks|Version|")
+    assert any(line.startswith(f"|{TASK}") for line in lines) and any("acc_norm" in line for line in lines)

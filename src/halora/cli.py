@@ -72,19 +72,25 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     """Parse; where the command has --config FILE, its keys become defaults and flags win."""
     words = sys.argv[1:] if argv is None else argv
     parser, command_parsers = build_parser(_command_in(words))
+    # a first pass only finds --config: a required flag (--out) may come from the file
+    required = [a for p in command_parsers.values() for a in p._actions if a.required]
+    for action in required:
+        action.required = False
     args = parser.parse_args(argv)
+    for action in required:
+        action.required = True
     config_path = getattr(args, "config", None)
     if config_path:
         command_parser = command_parsers[args.command]
         command_parser.set_defaults(**_config_defaults(config_path, command_parser, args.command))
-        args = parser.parse_args(argv)
-    return args
+    return parser.parse_args(argv)
 
 
 def _config_defaults(path: str, parser: argparse.ArgumentParser, command: str) -> dict:
     """A config file's keys (flag names, with dashes or underscores, or their aliases) as
-    typed defaults of `parser`; the file and the key are named on any error."""
-    from halora.settings import coerce, field_registry, read_config
+    typed defaults of `parser`; the file and the key are named on any error. A required flag
+    the file gives is no longer required on the command line."""
+    from halora.settings import check_bounds, coerce, field_meta, field_registry, read_config
 
     where = f"config file {path}"
     dests = {
@@ -93,6 +99,7 @@ def _config_defaults(path: str, parser: argparse.ArgumentParser, command: str) -
         for option in action.option_strings
         if option.startswith("--")
     }
+    actions = {action.dest: action for action in parser._actions}
     types_of = field_registry(parser)
     defaults = {}
     for key, value in read_config(path).items():
@@ -103,12 +110,28 @@ def _config_defaults(path: str, parser: argparse.ArgumentParser, command: str) -
             if isinstance(value, str) and _is_repeatable(parser, dest):
                 value = [value]
             value = coerce(value, types_of[dest], f"{where}: {key}")
+            check_bounds(value, field_meta(parser).get(dest, {}), f"{where}: {key}")
+        else:
+            value = _plain_value(actions[dest], value, f"{where}: {key}")
+        actions[dest].required = False
         defaults[dest] = value
     return defaults
 
 
 def _is_repeatable(parser: argparse.ArgumentParser, dest: str) -> bool:
     return any(a.dest == dest and isinstance(a, argparse._AppendAction) for a in parser._actions)
+
+
+def _plain_value(action: argparse.Action, value: object, where: str) -> object:
+    """A config value for a flag that is no settings field (--out, --adapters, --base, ...),
+    typed as the flag would type it: a wrong type is one line, not a traceback later."""
+    from halora.settings import coerce
+
+    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+        return coerce(value, bool, where)
+    if isinstance(action, argparse._AppendAction):
+        return list(coerce([value] if isinstance(value, str) else value, tuple[str, ...], where))
+    return coerce(value, action.type if action.type in (int, float) else str, where)
 
 
 def main(argv: list[str] | None = None) -> int:

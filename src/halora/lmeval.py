@@ -30,6 +30,8 @@ from halora.noise import parse_noise_spec
 INSTALL_HINT = "lm-eval is not installed: pip install 'halora[lm-eval]' (or pip install lm-eval)"
 # lm-eval warns on every pre-built model that "many model arguments may be ignored": expected here
 _HFLM_LOGGER = "lm_eval.models.huggingface"
+# The parts of lm-eval's output its results table reads besides "results" and "n-shot".
+TABLE_KEYS = ("versions", "higher_is_better", "group_subtasks", "groups")
 
 
 def evaluate_lm_eval(
@@ -48,7 +50,9 @@ def evaluate_lm_eval(
     """Run lm-eval `tasks` on `model` (a transformers model or PeftModel) on one programmed chip.
 
     Returns {"tasks": {task: {metric: value}}, "results": lm-eval's raw "results" section,
-    "n_samples", "n_shot", "noise", "seed", "lm_eval_version"}. The chip is restored after,
+    "n_samples", "n_shot", "noise", "seed", "lm_eval_version", and what lm-eval's table
+    needs (see `results_table`): "versions", "higher_is_better", "group_subtasks" and
+    "groups" (group tasks only)}. The chip is restored after,
     weights bit for bit. lm-eval seeds the global random, numpy and torch generators.
     `manager`: a TaskManager from `task_manager(tasks, include_path)`, to check the task
     names before a large model loads; built here when None.
@@ -72,7 +76,20 @@ def evaluate_lm_eval(
         "noise": chip.noise.spec(),
         "seed": seed,
         "lm_eval_version": raw.get("lm_eval_version"),
+        **{key: _plain(raw[key]) for key in TABLE_KEYS if key in raw},
     }
+
+
+def results_table(result: dict) -> str:
+    """lm-eval's own Markdown table of a result of `evaluate_lm_eval` (as `lm-eval run`
+    prints it), and its table of groups when a task is a group."""
+    from lm_eval.utils import make_table
+
+    raw = {key: result[key] for key in TABLE_KEYS if key in result}
+    raw |= {"results": result["results"], "n-shot": result.get("n_shot", {})}
+    raw.setdefault("versions", {})
+    tables = [make_table(raw)] + ([make_table(raw, "groups")] if raw.get("groups") else [])
+    return "\n".join(table.rstrip("\n") for table in tables)
 
 
 def import_lm_eval():

@@ -20,7 +20,10 @@ of the scaled factors √(α/r)·A and √(α/r)·B, i.e. multiplied by α/r).
 
 from __future__ import annotations
 
+import warnings
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Literal
@@ -32,6 +35,7 @@ from torch import nn
 
 from halora.errors import UsageError
 from halora.settings import check, setting
+from halora.sidecar import SIDECAR, check_base, read_sidecar, weights_hash
 
 PAPER_TARGETS = ("q_proj", "k_proj", "v_proj", "up_proj", "down_proj")
 Reduction = Literal["sum", "mean"]
@@ -140,29 +144,93 @@ def halora_regularizer(
     return total / len(factors) if reduction == "mean" else total
 
 
-def load_adapters(model: nn.Module, adapters: list[tuple[str, str]]) -> nn.Module:
+def load_adapters(
+    model: nn.Module,
+    adapters: list[tuple[str, str]],
+    model_name: str = "",
+    allow_other_base: bool = False,
+) -> nn.Module:
     """One PeftModel holding every (label, folder) adapter; switch with set_adapter(label).
 
     The base stays shared, so every adapter is evaluated on the very same (programmed) chip.
+    Each adapter with a halora.json must have been trained on these very base weights (an
+    adapter of the same shapes loads on any model and silently means nothing there), unless
+    `allow_other_base`. `model_name` names the model in messages (default: its folder).
     """
     if not adapters:
         return model
-    peft_model = None
+    name = model_name or _name_of(model)
     for label, folder in adapters:
-        path = Path(folder)
-        if not (path / "adapter_config.json").is_file():
+        if not (Path(folder) / "adapter_config.json").is_file():
             raise UsageError(
                 f"adapter {label}={folder} has no adapter_config.json: "
                 "give a folder written by `halora train` or PEFT's save_pretrained"
             )
+    if not allow_other_base:
+        _check_bases(model, name, [folder for _, folder in adapters])
+    peft_model = None
+    for label, folder in adapters:
         try:
-            if peft_model is None:
-                peft_model = PeftModel.from_pretrained(model, path, adapter_name=label)
-            else:
-                peft_model.load_adapter(path, adapter_name=label)
+            with quiet_peft_wrap():
+                if peft_model is None:
+                    peft_model = PeftModel.from_pretrained(model, Path(folder), adapter_name=label)
+                else:
+                    peft_model.load_adapter(Path(folder), adapter_name=label)
         except (ValueError, KeyError, RuntimeError) as err:
+            trained = _trained_on(folder)
+            made_for = f" (trained on {trained}, loaded: {name})" if trained else f" ({name})"
             raise UsageError(
-                f"adapter {label}={folder} does not fit this model: {str(err).splitlines()[0]}"
+                f"adapter {label}={folder} does not fit this model{made_for}: {_reason(err)}"
             ) from err
     peft_model.eval()
     return peft_model
+
+
+def _reason(err: Exception) -> str:
+    """PEFT's reason in one line: torch's first size mismatch, not its "Error(s) in loading"."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()] or [type(err).__name__]
+    return next((line for line in lines if line.startswith("size mismatch")), lines[0])
+
+
+def _check_bases(model: nn.Module, name: str, folders: list[str]) -> None:
+    """check_base for every folder, hashing the base weights once (about 1 s for 135M) and
+    only when some folder has a halora.json to compare with."""
+    if not any((Path(folder) / SIDECAR).is_file() for folder in folders):
+        return
+    base_hash = weights_hash(model)
+    for folder in folders:
+        check_base(folder, model, name, base_hash, allow_flag="--allow-other-base")
+
+
+def _trained_on(folder: str) -> str | None:
+    """The base model named in an adapter's halora.json, if it has a readable one."""
+    if not (Path(folder) / SIDECAR).is_file():
+        return None
+    try:
+        return read_sidecar(folder).get("base_model")
+    except UsageError:
+        return None
+
+
+def _name_of(model: nn.Module) -> str:
+    """A model's name for messages: the folder it was loaded from, or its registered name."""
+    path = str(getattr(model, "name_or_path", "") or "")
+    return Path(path).name if path else "this model"
+
+
+# PEFT 0.21 reads `model.is_gradient_checkpointing` whenever it wraps a model, a property
+# transformers 5 deprecated: a FutureWarning on every run that halora can neither cause
+# nor avoid. Only that warning, only while PEFT wraps a model.
+_PEFT_WRAP_WARNING = {
+    "message": r"`is_gradient_checkpointing` is deprecated",
+    "category": FutureWarning,
+    "module": r"transformers\.modeling_utils",
+}
+
+
+@contextmanager
+def quiet_peft_wrap() -> Iterator[None]:
+    """Silence the one known third-party warning of wrapping a model with PEFT."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", **_PEFT_WRAP_WARNING)
+        yield

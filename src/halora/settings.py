@@ -165,6 +165,11 @@ def _what(cls: type) -> str:
     return getattr(cls, "WHAT", cls.__name__)
 
 
+def check_bounds(value: Any, meta: dict[str, Any], where: str) -> None:
+    """A value's bounds and choices as a field's metadata gives them (see `field_meta`)."""
+    _check_bounds(value, meta, where)
+
+
 def _check_bounds(value: Any, meta: dict[str, Any], where: str) -> None:
     values = value if isinstance(value, tuple) else (value,)
     for item in values:
@@ -319,6 +324,7 @@ def add_flags(
                 help=help_text,
             )
         registry[spec.name] = hint
+        field_meta(parser)[spec.name] = meta
 
 
 def field_registry(parser: argparse.ArgumentParser) -> dict[str, Any]:
@@ -326,6 +332,14 @@ def field_registry(parser: argparse.ArgumentParser) -> dict[str, Any]:
     if not hasattr(parser, "halora_fields"):
         parser.halora_fields = {}  # type: ignore[attr-defined]
     return parser.halora_fields  # type: ignore[attr-defined]
+
+
+def field_meta(parser: argparse.ArgumentParser) -> dict[str, dict[str, Any]]:
+    """dest -> bounds and choices of every flag made from a settings field (config files are
+    checked by them, so a bad value is named with its file and key)."""
+    if not hasattr(parser, "halora_meta"):
+        parser.halora_meta = {}  # type: ignore[attr-defined]
+    return parser.halora_meta  # type: ignore[attr-defined]
 
 
 def _default_of(spec: dataclasses.Field, defaults: Any) -> Any:

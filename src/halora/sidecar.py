@@ -102,17 +102,42 @@ def read_sidecar(adapter_dir: str | Path) -> dict:
         raise UsageError(f"{path} is not valid JSON ({err.msg} at line {err.lineno})") from err
 
 
-def check_base(adapter_dir: str | Path, model: torch.nn.Module, model_name: str) -> dict:
+def check_base(
+    adapter_dir: str | Path,
+    model: torch.nn.Module,
+    model_name: str,
+    base_hash: str | None = None,
+    allow_flag: str = "",
+) -> dict:
     """An adapter's sidecar, after checking it was trained on these very base weights (an
     adapter fits any model of the same shapes, and silently means nothing on another one).
-    Adapters without a sidecar (stock PEFT) pass unchecked: {} is returned."""
+    Adapters without a sidecar (stock PEFT) pass unchecked: {} is returned.
+
+    `base_hash`: weights_hash(model) when the caller has it already (it takes about 1 s for
+    a 135M model: a caller checking several adapters computes it once). `allow_flag`: the
+    caller's flag that skips this check, named in the message."""
     if not (Path(adapter_dir) / SIDECAR).is_file():
         return {}
     record = read_sidecar(adapter_dir)
     trained_on = record.get("base_model_sha256")
-    if trained_on and trained_on != weights_hash(model):
-        raise UsageError(
-            f"adapter {adapter_dir} was trained on {record.get('base_model') or 'another model'}, "
-            f"not on these weights of {model_name}: load the model it was made for"
-        )
+    if trained_on and trained_on != (base_hash or weights_hash(model)):
+        trained_name = record.get("base_model") or "another model"
+        raise UsageError(_other_base_message(adapter_dir, trained_name, model, model_name, allow_flag))
     return record
+
+
+def _other_base_message(
+    adapter_dir: str | Path, trained_name: str, model: torch.nn.Module, model_name: str, allow_flag: str
+) -> str:
+    """Both models named. The hash covers the dtype, so a model loaded in another dtype than
+    float32 has other weights too: the fix then names the dtype."""
+    dtype = next((p.dtype for p in model.parameters()), torch.float32)
+    dtype_name = str(dtype).removeprefix("torch.")
+    full = dtype == torch.float32
+    loaded = model_name if full else f"{model_name} in {dtype_name}"
+    fix = trained_name if full else f"{trained_name} in the dtype it was trained in"
+    escape = f", or pass {allow_flag} to use it anyway" if allow_flag else ""
+    return (
+        f"adapter {adapter_dir} was trained on {trained_name}, but the model loaded is {loaded} "
+        f"(other weights): load {fix}{escape}"
+    )

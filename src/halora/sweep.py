@@ -24,7 +24,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import ClassVar
 
@@ -315,6 +315,8 @@ def _run_cells(
 ) -> None:
     """Score every cell of these chips that the cache does not hold yet."""
     examples = {task.name: task.examples(plan.eval.split, plan.eval.items) for task in tasks}
+    # one bar per sweep: the cells' own loglik / generate bars would start anew in every cell
+    cell_eval = replace(plan.eval, progress=False)
     progress = tqdm(
         total=len(my_chips) * len(plan.adapters) * len(tasks), desc="sweep", disable=not plan.eval.progress
     )
@@ -333,7 +335,7 @@ def _run_cells(
             chip = _program(chip, model, condition, seed, placement)
             for method, task in todo:
                 with _using_adapter(model, method):
-                    score = evaluate_task(model, tokenizer, task, plan.eval, examples[task.name])
+                    score = evaluate_task(model, tokenizer, task, cell_eval, examples[task.name])
                 cache.add(
                     {
                         "key": cell_key(method, task.name, condition.spec, seed),

@@ -16,6 +16,7 @@ from rich.table import Table
 
 from halora.energy import (
     DEFAULT_PRESET,
+    MAX_TOKENS,
     PAPER_TARGETS,
     EnergyReport,
     estimate,
@@ -38,7 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="bundled name (llama-3.2-1b, llama-3.2-3b, qwen2.5-0.5b, "
         "smollm2-135m), a config.json or a model folder",
     )
-    parser.add_argument("--tokens", default="512", help="tokens processed (default 512)")
+    parser.add_argument(
+        "--tokens", default="512", help=f"tokens processed, 1 to {MAX_TOKENS:,} (default 512)"
+    )
     parser.add_argument(
         "--phase",
         default="prefill",
@@ -46,7 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "decode: generate them one at a time",
     )
     parser.add_argument(
-        "--prompt", default="0", help="decode only: tokens already in the key/value cache (default 0)"
+        "--prompt",
+        default="0",
+        help=f"decode only: tokens already in the key/value cache, 0 to {MAX_TOKENS:,} (default 0)",
     )
     parser.add_argument(
         "--preset", default=DEFAULT_PRESET, help="hardware preset: paper (default), exact, or a TOML file"
@@ -70,9 +75,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    tokens = _int_flag(args.tokens, "--tokens", minimum=1)
+    tokens = _int_flag(args.tokens, "--tokens", minimum=1, maximum=MAX_TOKENS)
     rank = _int_flag(args.rank, "--rank", minimum=1)
-    prompt = _int_flag(args.prompt, "--prompt", minimum=0)
+    prompt = _int_flag(args.prompt, "--prompt", minimum=0, maximum=MAX_TOKENS)
     overrides = read_overrides_file(args.preset_file) if args.preset_file else {}
     overrides.update(parse_override(item) for item in args.set)
     hardware = load_preset(args.preset, overrides)
@@ -90,11 +95,13 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _int_flag(text: str, flag: str, minimum: int) -> int:
+def _int_flag(text: str, flag: str, minimum: int, maximum: int | None = None) -> int:
     try:
         value = int(text)
     except ValueError:
         value = None
+    if maximum is not None and (value is None or not minimum <= value <= maximum):
+        raise UsageError(f"{flag} must be an integer from {minimum:,} to {maximum:,}, got {text!r}")
     if value is None or value < minimum:
         raise UsageError(f"{flag} must be an integer >= {minimum}, got {text!r}")
     return value

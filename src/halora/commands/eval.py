@@ -24,6 +24,11 @@ from halora.tasks import load_tasks
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_flags(parser)
     parser.add_argument("--adapter", help="adapter folder (from halora train); none: the base model")
+    parser.add_argument(
+        "--allow-other-base",
+        action="store_true",
+        help="load adapters whose halora.json names other base weights than the model loaded",
+    )
     add_chip_flags(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     add_eval_flags(parser)
@@ -35,7 +40,9 @@ def run(args: argparse.Namespace) -> int:
     tasks = load_tasks(args.tasks)
     model, tokenizer = chosen.load()
     if args.adapter:
-        model = load_adapters(model, [("adapter", args.adapter)])
+        model = load_adapters(
+            model, [("adapter", args.adapter)], chosen.label, allow_other_base=args.allow_other_base
+        )
     with program_chip(model, chip_choice.noise, chip_choice.chip_seed, placement_from(args)) as chip:
         scores = [evaluate_task(model, tokenizer, task, settings) for task in tasks]
     result = {

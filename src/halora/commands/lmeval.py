@@ -16,7 +16,7 @@ from halora.commands.common import (
 )
 from halora.evaluate import EvalSettings
 from halora.files import output_folder, write_json
-from halora.lmeval import check_numbers, evaluate_lm_eval, task_manager
+from halora.lmeval import check_numbers, evaluate_lm_eval, results_table, task_manager
 from halora.lora import load_adapters
 from halora.settings import add_flags, coerce
 
@@ -24,6 +24,11 @@ from halora.settings import add_flags, coerce
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_flags(parser)
     parser.add_argument("--adapter", help="adapter folder (from halora train); none: the base model")
+    parser.add_argument(
+        "--allow-other-base",
+        action="store_true",
+        help="load adapters whose halora.json names other base weights than the model loaded",
+    )
     add_chip_flags(parser)
     group = parser.add_argument_group("lm-eval")
     group.add_argument(
@@ -55,7 +60,9 @@ def run(args: argparse.Namespace) -> int:
     manager = task_manager(lm_tasks, args.include_path)
     model, tokenizer = chosen.load()
     if args.adapter:
-        model = load_adapters(model, [("adapter", args.adapter)])
+        model = load_adapters(
+            model, [("adapter", args.adapter)], chosen.label, allow_other_base=args.allow_other_base
+        )
     scores = evaluate_lm_eval(
         model,
         tokenizer,
@@ -80,15 +87,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _print_table(result: dict) -> None:
+    """halora's one line (which chip) and lm-eval's own results table."""
     print(
         f"{result['model']} + {result['adapter'] or 'no adapter'} on chip {result['noise']} "
         f"seed {result['seed']} (lm-eval {result['lm_eval_version']})"
     )
-    for task, metrics in result["tasks"].items():
-        n = result["n_samples"].get(task, {}).get("effective")
-        shown = "  ".join(
-            f"{name} {value:.4f}"
-            for name, value in metrics.items()
-            if not name.endswith("_stderr") and "_stderr," not in name
-        )
-        print(f"  {task:28s} {shown}" + (f"  (n={n})" if n is not None else ""))
+    print(results_table(result))

@@ -58,6 +58,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="LABEL=FOLDER[,LABEL=FOLDER...], e.g. lora=runs/a/lora,halora=runs/a/halora",
     )
     parser.add_argument("--base", action="store_true", help="also evaluate the model without adapter")
+    parser.add_argument(
+        "--allow-other-base",
+        action="store_true",
+        help="load adapters whose halora.json names other base weights than the model loaded",
+    )
     add_flags(parser, ChipGrid, "chips")
     add_eval_flags(parser)
     add_placement_flags(parser)
@@ -118,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
     )
     device = rank_device(chosen.device, world, local_rank)
     model, tokenizer = load_model(chosen.model, dtype=chosen.dtype, device=device)
-    model = load_adapters(model, list(adapters))
+    model = load_adapters(model, list(adapters), chosen.label, allow_other_base=args.allow_other_base)
     started = time.perf_counter()
     run_sweep(model, tokenizer, tasks, plan, args.out, placement_from(args), rank=rank, world=world)
     if rank == 0:  # the other ranks are done when their share is

@@ -60,6 +60,7 @@ from halora.energy.hardware import (
 )
 from halora.energy.model import (
     DESIGNS,
+    MAX_TOKENS,
     PHASES,
     UM2_PER_MM2,
     Cost,
@@ -78,6 +79,7 @@ __all__ = [
     "DESIGNS",
     "DIGITAL_RECIPES",
     "LAYOUTS",
+    "MAX_TOKENS",
     "PAPER_TARGETS",
     "PHASES",
     "PJ_PER_MJ",

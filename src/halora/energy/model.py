@@ -20,6 +20,10 @@ from halora.errors import UsageError
 DESIGNS = ("hybrid", "rram_only", "sram_only")
 PHASES = ("prefill", "decode")
 UM2_PER_MM2 = 1e6
+# Tokens of a run (and of a decode's prompt): up to a million. The bundled models' longest
+# context is 131,072 tokens (Llama 3.2); a million leaves room for longer-context configs,
+# while beyond it no model runs one pass and the report's figures outgrow its table.
+MAX_TOKENS = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -240,12 +244,14 @@ def estimate(
 def _check_request(
     tokens: int, lora_rank: int, lora_targets: tuple[str, ...], phase: str, prompt: int
 ) -> None:
-    if not isinstance(tokens, int) or tokens < 1:
-        raise UsageError(f"tokens must be a positive integer, got {tokens!r}")
+    if not isinstance(tokens, int) or not 1 <= tokens <= MAX_TOKENS:
+        raise UsageError(f"tokens must be an integer from 1 to {MAX_TOKENS:,}, got {tokens!r}")
     if not isinstance(lora_rank, int) or lora_rank < 1:
         raise UsageError(f"LoRA rank must be a positive integer, got {lora_rank!r}")
     if phase not in PHASES:
         raise UsageError(f"phase {phase!r} is unknown: use prefill or decode")
+    if prompt > MAX_TOKENS:
+        raise UsageError(f"a prompt length must be at most {MAX_TOKENS:,} tokens, got {prompt!r}")
     if prompt < 0 or (prompt and phase == "prefill"):
         raise UsageError("a prompt length (>= 0) only applies to --phase decode")
     if not lora_targets:

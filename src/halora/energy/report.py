@@ -143,5 +143,9 @@ def plot_report(report: EnergyReport, path: str | Path) -> None:
     )
     try:
         write_with(target, lambda tmp: figure.savefig(tmp, format=fmt))
+    except OSError as err:  # no such folder, read-only, /proc: nothing is left behind
+        raise UsageError(
+            f"--plot {target} cannot be written: {err.strerror or err}; pick another file"
+        ) from err
     finally:
         plt.close(figure)
