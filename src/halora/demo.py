@@ -64,7 +64,7 @@ class DemoSettings:
     )
     recal_steps: int = setting(10, "recalibration steps per chip", min=1)
     recal_calib_n: int = setting(64, "calibration items (train split) per recalibration", min=1)
-    recal_loss: str = setting("both", "recalibration loss: task, distill or both", choices=LOSSES)
+    recal_loss: str = setting("distill", "recalibration loss: task, distill or both", choices=LOSSES)
     # The training recipe every method shares (TrainSettings keys); flags of `halora train`
     # such as --steps or --lr override single keys of it.
     base: dict[str, Any] = setting(factory=dict, help="TrainSettings shared by every method", flag=False)
@@ -144,6 +144,9 @@ def run_demo(settings: DemoSettings, out: str | Path, progress: bool = True, log
 # (about 3.5 options of about 60 tokens each).
 SECONDS_PER_STEP = 2.0
 SECONDS_PER_ITEM = 0.07
+# distill's teacher: a greedy answer and a forward pass per calibration item (estimated from
+# 1.1 s per item measured on an AVX2-only CPU under load, 2026-12-03, over its 2.5x slowdown)
+SECONDS_PER_TEACHER_ITEM = 0.4
 
 
 def estimate_minutes(settings: DemoSettings, n_tasks: int) -> float:
@@ -152,11 +155,12 @@ def estimate_minutes(settings: DemoSettings, n_tasks: int) -> float:
     steps = settings.recipe("lora").steps
     seconds = steps * len(settings.methods) * SECONDS_PER_STEP + items * SECONDS_PER_ITEM
     sources = sum(1 for method in settings.recal_from if method in settings.methods)
-    # per source: one tuning per chip and the equal-compute one; each scored on 2 chips
-    # (own, next) plus the baseline on every chip and clean
+    # per source: one tuning per chip and the equal-compute one; each tuned adapter scored
+    # on its chip, the equal-compute one on every chip and clean
     tunings = sources * (settings.chips + 1)
-    scored = sources * (3 * settings.chips + 1) * n_tasks * settings.items
-    seconds += tunings * settings.recal_steps * SECONDS_PER_STEP + scored * SECONDS_PER_ITEM
+    scored = sources * (2 * settings.chips + 1) * n_tasks * settings.items
+    teacher = sources * settings.chips * settings.recal_calib_n * SECONDS_PER_TEACHER_ITEM
+    seconds += tunings * settings.recal_steps * SECONDS_PER_STEP + scored * SECONDS_PER_ITEM + teacher
     scale = 1.0 if not torch.cuda.is_available() else 0.1
     return scale * seconds / 60 + 1.0  # + loading, programming and writing
 
@@ -187,8 +191,7 @@ def _recalibrated(
 ) -> list[dict]:
     """Cells of the recalibrated adapters and their equal-compute baselines (the sources' own
     cells are already in the sweep's records, on the same chips and items)."""
-    from peft import PeftModel
-
+    from halora.lora import load_trainable
     from halora.models import load_model
     from halora.recal_sweep import RecalPlan, RecalRunner, run_recalibration
 
@@ -196,15 +199,11 @@ def _recalibrated(
     top = max(settings.sigmas)
     log(f"recalibration: {', '.join(m for m, _ in sources)} tuned to each chip of sigma {top:g}")
     model, tokenizer = load_model(settings.model)
-    model = PeftModel.from_pretrained(model, sources[0][1], is_trainable=True)
+    model = load_trainable(model, sources[0][1])
     runner = RecalRunner(model, tokenizer, tasks, evaluation, out)
-    plan = RecalPlan(
-        sources,
-        (settings.grid.noise_template.format(sigma=top),),
-        settings.grid.seeds,
-        settings.recal,
-        evaluation,
-    )
+    spec = settings.grid.noise_template.format(sigma=top)
+    # the demo scores each tuned adapter on its own chip only (the study adds the next chip)
+    plan = RecalPlan(sources, (spec,), settings.grid.seeds, settings.recal, evaluation, other_chip=False)
     records = run_recalibration(runner, plan, log)
     return [record for record in records if record["method"] not in adapters]
 

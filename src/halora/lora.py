@@ -234,3 +234,28 @@ def quiet_peft_wrap() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", **_PEFT_WRAP_WARNING)
         yield
+
+
+def load_trainable(model: nn.Module, folder: str | Path) -> PeftModel:
+    """One adapter, its LoRA weights trainable (recalibration tunes them), dropout off."""
+    with quiet_peft_wrap():
+        peft_model = PeftModel.from_pretrained(model, folder, is_trainable=True)
+    peft_model.eval()
+    return peft_model
+
+
+@contextmanager
+def quiet_tiny_save() -> Iterator[None]:
+    """PEFT looks for the base model's config.json under the model's name whenever it saves
+    an adapter (checkpoints too); the tiny test model is built in code, has no folder, and
+    PEFT warns on every save. Only that warning, only for tiny, only while saving."""
+    from halora.models import TINY
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore",
+            message=rf"Could not find a config file in {TINY} - ",
+            category=UserWarning,
+            module=r"peft\.utils\.save_and_load",
+        )
+        yield

@@ -365,7 +365,9 @@ def _program(chip: Chip | None, model, condition: Condition, seed: int, placemen
 @contextmanager
 def _using_adapter(model, method: str) -> Iterator[None]:
     """The PeftModel switched to one adapter, or with adapters disabled for the base."""
-    if not hasattr(model, "set_adapter"):
+    # a plain transformers 5 model has set_adapter too (its own PEFT integration), but no
+    # disable_adapter context: only a PeftModel holds the adapters of a sweep
+    if not hasattr(model, "disable_adapter"):
         yield
     elif method == BASE:
         with model.disable_adapter():

@@ -35,9 +35,6 @@ import dataclasses
 import json
 import math
 import shutil
-import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import ClassVar
@@ -68,8 +65,8 @@ from halora.lora import (
     halora_regularizer,
     lora_factors,
     quiet_peft_wrap,
+    quiet_tiny_save,
 )
-from halora.models import TINY
 from halora.noise import GAUSSIAN_TEMPLATE, parse_noise_spec, split_noise
 from halora.precision import check_precision
 from halora.seeds import derive_seed
@@ -457,13 +454,13 @@ def train(
     if trainer.is_world_process_zero():
         _start_log(out, checkpoint, run_record)
     try:
-        with _quiet_tiny_save():
+        with quiet_tiny_save():
             trainer.train(resume_from_checkpoint=checkpoint)
     finally:
         if injection is not None:
             injection.close()  # the base is clean again even if training failed
     if trainer.is_world_process_zero():
-        with _quiet_tiny_save():
+        with quiet_tiny_save():
             peft_model.save_pretrained(out)  # the adapter only: A and B, never the noisy base
         files.write_json(
             out / SIDECAR, sidecar(settings, lora, placement, model_name, base_hash, extra_metadata or {})
@@ -476,21 +473,6 @@ def train(
         log,
         injection.draws if injection else [],
     )
-
-
-@contextmanager
-def _quiet_tiny_save() -> Iterator[None]:
-    """PEFT looks for the base model's config.json under the model's name whenever it saves
-    an adapter (checkpoints too); the tiny test model is built in code, has no folder, and
-    PEFT warns on every save. Only that warning, only for tiny, only while saving."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings(
-            "ignore",
-            message=rf"Could not find a config file in {TINY} - ",
-            category=UserWarning,
-            module=r"peft\.utils\.save_and_load",
-        )
-        yield
 
 
 def resume_or_clear(folder: Path) -> bool:

@@ -20,6 +20,7 @@ from halora.commands.common import (
 )
 from halora.errors import UsageError
 from halora.evaluate import EvalSettings
+from halora.lora import load_trainable, quiet_tiny_save
 from halora.recalibrate import RecalSettings
 from halora.settings import add_flags, from_args
 
@@ -44,8 +45,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from peft import PeftModel
-
     from halora.recalibrate import calibration_examples, recalibrate, recalibration_record
     from halora.sidecar import SIDECAR, check_base
     from halora.tasks import load_tasks
@@ -60,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     examples = calibration_examples(tasks, settings.calib_n)
     model, tokenizer = chosen.load()
     trained = check_base(source, model, chosen.label)
-    model = PeftModel.from_pretrained(model, source, is_trainable=True)
+    model = load_trainable(model, source)
     before = _score(model, tokenizer, tasks, chip, placement, args.evaluate)
     result = recalibrate(model, tokenizer, examples, chip.noise, chip.chip_seed, settings, placement)
     after = _score(model, tokenizer, tasks, chip, placement, args.evaluate)
@@ -113,7 +112,8 @@ def _write_adapter(model, out: Path, extra_files: dict[str, dict]) -> None:
     the end: an interrupted write leaves no half-adapter where --out points."""
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent if str(out.parent) else "."))
     try:
-        model.save_pretrained(staging)
+        with quiet_tiny_save():
+            model.save_pretrained(staging)
         for name, content in extra_files.items():
             (staging / name).write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")
         os.chmod(staging, 0o755)

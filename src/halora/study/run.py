@@ -103,8 +103,7 @@ def _recalibrate(
     log: Log,
 ) -> dict:
     """Each kept arm's seed-0 adapter tuned to every test chip of the recalibration levels."""
-    from peft import PeftModel
-
+    from halora.lora import load_trainable
     from halora.models import load_model
     from halora.noise import GAUSSIAN_TEMPLATE
     from halora.recal_sweep import RecalPlan, RecalRunner, run_recalibration
@@ -123,7 +122,7 @@ def _recalibrate(
     )  # fmt: skip
     evaluation = EvalSettings(items=study.test_items, eval_batch_size=32, scorer="loglik")
     model, tokenizer = load_model(study.model)
-    model = PeftModel.from_pretrained(model, sources[0][1], is_trainable=True)
+    model = load_trainable(model, sources[0][1])
     runner = RecalRunner(model, tokenizer, tasks, evaluation, out / "recal")
     specs = tuple(GAUSSIAN_TEMPLATE.format(sigma=sigma) for sigma in sigmas)
     seeds = ChipGrid(chips=study.test_chips).seeds
