@@ -75,7 +75,9 @@ def losses_grid(bench: Bench, args) -> None:
         runner.score(label, spec, seed, source)
         for loss in ("task", "distill", "both"):
             settings = settings_from(args, loss=loss)
-            tuned = runner.tuned(source, f"{label}|{loss}|{spec}|{seed}", spec, seed, settings, log=log)
+            tuned = runner.tuned(
+                source, f"{label}|{loss}|{spec}|{seed}", spec, seed, settings, log=log, teacher=label
+            )
             runner.score(f"{label}+recal-{loss}", spec, seed, tuned, tuned_on=seed)
 
 
@@ -88,7 +90,9 @@ def curves_grid(bench: Bench, args) -> None:
     for seed in bench.seeds:
         longest = settings_from(args, steps=top)
         key = f"{label}|curve{top}|{spec}|{seed}"
-        tuned = runner.tuned(source, key, spec, seed, longest, tuple(args.curve_steps), log=log)
+        tuned = runner.tuned(
+            source, key, spec, seed, longest, tuple(args.curve_steps), log=log, teacher=label
+        )
         for step in args.curve_steps:
             state = (lambda t=tuned, s=step: t(s)) if step != top else tuned
             runner.score(f"{label}+recal-{step}steps", spec, seed, state, tuned_on=seed)

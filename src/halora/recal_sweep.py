@@ -29,7 +29,7 @@ import torch
 from halora import files
 from halora.cim import program_chip
 from halora.evaluate import EvalSettings, evaluate_task
-from halora.recalibrate import RecalSettings, calibration_examples, lora_state, recalibrate
+from halora.recalibrate import Prepared, RecalSettings, calibration_examples, lora_state, prepare, recalibrate
 from halora.sweep import CLEAN, CellCache, Condition, cell_key
 from halora.tasks import Task
 
@@ -58,6 +58,7 @@ class RecalRunner:
         self.cache = CellCache(self.out / "cells.jsonl")
         self.runs = _read_runs(self.out / "runs.jsonl")
         self.examples = {task.name: task.examples(evaluation.split, evaluation.items) for task in tasks}
+        self.prepared: dict[str, Prepared] = {}  # teacher passes, per source and settings
 
     def use(self, state: dict[str, torch.Tensor]) -> None:
         from peft import set_peft_model_state_dict
@@ -97,16 +98,26 @@ class RecalRunner:
         settings: RecalSettings,
         snapshots: tuple[int, ...] = (),
         log: Log = print,
+        teacher: str = "",
     ) -> Callable[[int | None], dict[str, torch.Tensor]]:
         """Recalibrate `source()` on chip (spec, seed), once: the tuned state (and the state
-        at each snapshot step) is kept on disk under `key`; returns a loader by step."""
+        at each snapshot step) is kept on disk under `key`; returns a loader by step.
+        Calls with the same `teacher` name (same source, same settings) share one teacher pass."""
         folder = self.out / "states" / _safe(key)
         final = folder / "final.pt"
         if not final.is_file():
             self.use(source())
             examples = calibration_examples(self.tasks, settings.calib_n)
+            prepared = self._prepared(teacher, examples, settings)
             result = recalibrate(
-                self.model, self.tokenizer, examples, spec, seed, settings, snapshot_steps=snapshots
+                self.model,
+                self.tokenizer,
+                examples,
+                spec,
+                seed,
+                settings,
+                snapshot_steps=snapshots,
+                prepared=prepared,
             )
             folder.mkdir(parents=True, exist_ok=True)
             for step, state in result.snapshots.items():
@@ -116,6 +127,7 @@ class RecalRunner:
             record = {
                 "key": key,
                 "seconds": round(result.seconds, 2),
+                "teacher_seconds": round(prepared.seconds, 2) if prepared else None,
                 "steps": result.steps,
                 "loss_first": result.losses[0],
                 "loss_last": result.final_loss,
@@ -134,6 +146,15 @@ class RecalRunner:
 
         return load
 
+    def _prepared(self, teacher: str, examples, settings: RecalSettings) -> Prepared | None:
+        """The teacher pass of the adapter now in use, computed once per `teacher` name."""
+        if not teacher:
+            return None
+        name = f"{teacher}|{dataclasses.asdict(settings)}"
+        if name not in self.prepared:
+            self.prepared[name] = prepare(self.model, self.tokenizer, examples, settings)
+        return self.prepared[name]
+
 
 def run_recalibration(runner: RecalRunner, plan: RecalPlan, log: Log = print) -> list[dict]:
     """The plan's cells: each source clean and on every chip, recalibrated per chip (own and
@@ -149,7 +170,7 @@ def run_recalibration(runner: RecalRunner, plan: RecalPlan, log: Log = print) ->
         extra = None
         if plan.equal_compute:
             baseline = dataclasses.replace(plan.settings, loss="task")
-            extra = runner.tuned(source, f"{label}|steps", CLEAN, 0, baseline, log=log)
+            extra = runner.tuned(source, f"{label}|steps", CLEAN, 0, baseline, log=log, teacher=label)
             runner.score(f"{label}+steps", CLEAN, 0, extra)
         for spec in plan.specs:
             log(f"[{label}] recalibrating on {len(plan.seeds)} chips of {spec}")
@@ -157,7 +178,8 @@ def run_recalibration(runner: RecalRunner, plan: RecalPlan, log: Log = print) ->
                 runner.score(label, spec, seed, source)
                 if extra is not None:
                     runner.score(f"{label}+steps", spec, seed, extra)
-                tuned = runner.tuned(source, f"{label}|{spec}|{seed}", spec, seed, plan.settings, log=log)
+                key = f"{label}|{spec}|{seed}"
+                tuned = runner.tuned(source, key, spec, seed, plan.settings, log=log, teacher=label)
                 runner.score(f"{label}+recal", spec, seed, tuned, tuned_on=seed)
                 if plan.other_chip and len(plan.seeds) > 1:
                     other = plan.seeds[(index + 1) % len(plan.seeds)]
@@ -166,8 +188,13 @@ def run_recalibration(runner: RecalRunner, plan: RecalPlan, log: Log = print) ->
 
 
 def recalibration_seconds(runner: RecalRunner) -> list[float]:
-    """Seconds of each per-chip recalibration (teacher pass + tuning) this folder holds."""
-    return [run["seconds"] for key, run in runner.runs.items() if "|steps" not in key]
+    """Seconds of each per-chip recalibration this folder holds, as one chip alone would
+    cost: tuning plus the teacher's pass (which a sweep shares between chips)."""
+    return [
+        run["seconds"] + (run.get("teacher_seconds") or 0.0)
+        for key, run in runner.runs.items()
+        if "|steps" not in key
+    ]
 
 
 def _safe(text: str) -> str:

@@ -101,9 +101,20 @@ class Row:
 
 
 @dataclass
+class Prepared:
+    """The calibration items as token rows and, for distill, the teacher's targets: they
+    depend on the starting adapter and the clean model only, not on the chip, so one
+    preparation serves every chip an adapter is tuned to."""
+
+    rows: list[Row]
+    targets: list[TopK] | None
+    seconds: float  # the teacher's greedy answers and forward pass
+
+
+@dataclass
 class RecalResult:
     steps: int
-    seconds: float  # teacher pass + tuning, not model loading or scoring
+    seconds: float  # teacher pass (when computed here) + tuning, not model loading or scoring
     losses: list[float] = field(default_factory=list)
     snapshots: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)  # step -> LoRA state
 
@@ -210,6 +221,24 @@ def trainable_lora(model) -> list[torch.nn.Parameter]:
     return params
 
 
+def prepare(
+    model, tokenizer: PreTrainedTokenizerBase, examples: list[Example], settings: RecalSettings
+) -> Prepared:
+    """Rows and teacher targets from `model` as it is now: the clean base with the starting
+    adapter (call it before the chip is programmed), dropout off."""
+    if not examples:
+        raise UsageError("no calibration items: check --tasks and --calib-n")
+    started = time.perf_counter()
+    model.eval()
+    rows = encode_rows(model, tokenizer, examples, settings)
+    targets = teacher_targets(model, rows, settings, _pad_id(tokenizer)) if settings.distills else None
+    return Prepared(rows, targets, time.perf_counter() - started)
+
+
+def _pad_id(tokenizer) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+
 def recalibrate(
     model,
     tokenizer: PreTrainedTokenizerBase,
@@ -219,24 +248,26 @@ def recalibrate(
     settings: RecalSettings = RecalSettings(),
     placement: Placement = Placement(),
     snapshot_steps: tuple[int, ...] = (),
+    prepared: Prepared | None = None,
 ) -> RecalResult:
     """Tune the active LoRA adapter of `model` (a PeftModel) on the chip (noise, chip_seed).
 
     The model comes back with the clean base and the tuned adapter; the adapter's state
     after each of `snapshot_steps` is kept in the result (a steps curve from one run).
+    `prepared` (from `prepare` with the same starting adapter and settings) skips the
+    teacher's pass.
     """
-    if not examples:
-        raise UsageError("no calibration items: check --tasks and --calib-n")
     params = trainable_lora(model)
     device = next(model.parameters()).device
     check_precision(settings.precision, device.type)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad = _pad_id(tokenizer)
     started = time.perf_counter()
     # Dropout off throughout: the chip is tuned for the deterministic model that is then
     # scored, and a student with dropout would never match its teacher exactly.
     model.eval()
-    rows = encode_rows(model, tokenizer, examples, settings)
-    targets = teacher_targets(model, rows, settings, pad) if settings.distills else None
+    if prepared is None:
+        prepared = prepare(model, tokenizer, examples, settings)
+    rows, targets = prepared.rows, prepared.targets
     optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=0.0)
     order = _batch_order(len(rows), settings)
     losses, snapshots = [], {}
