@@ -99,7 +99,7 @@ def curves_grid(bench: Bench, args) -> None:
         for items in args.curve_items:
             settings = settings_from(args, calib_n=items)
             tuned_n = runner.tuned(
-                source, f"{label}|items{items}|{spec}|{seed}", spec, seed, settings, log=log
+                source, f"{label}|items{items}|{spec}|{seed}", spec, seed, settings, log=log, teacher=label
             )
             runner.score(f"{label}+recal-{items}items", spec, seed, tuned_n, tuned_on=seed)
 
