@@ -204,3 +204,25 @@ def test_study_recalibration_axis_on_tiny(tmp_path):
     for row in table["rows"]:
         assert row["chips"] == [0, 1] and row["ci95"][0] <= row["accuracy"] <= row["ci95"][1]
     assert "Per-chip recalibration" in (out / "report.md").read_text()
+
+
+@pytest.mark.parametrize(
+    "arm, message",
+    [
+        ("method = 3", "needs a method"),
+        ('method = "lora"\nname = 3', "name must be a string"),
+        ('method = "lora"\nrank = "x"', "rank must be an integer"),
+    ],
+)
+def test_bad_arm_values_are_one_line(tmp_path, arm, message):
+    path = tmp_path / "s.toml"
+    path.write_text(f'[study]\nmodel = "tiny"\n\n[[arm]]\n{arm}\n')
+    with pytest.raises(UsageError, match=message):
+        load_study(path)
+
+
+def test_arm_that_is_not_a_table_is_one_line(tmp_path):
+    path = tmp_path / "s.toml"
+    path.write_text('arm = 3\n[study]\nmodel = "tiny"\n')
+    with pytest.raises(UsageError, match=r"\[\[arm\]\] tables"):
+        load_study(path)

@@ -89,7 +89,10 @@ def load_study(path: str | Path, overrides: dict[str, Any] | None = None) -> Stu
     """A study from TOML: a [study] table of StudySettings keys and [[arm]] tables."""
     data = read_toml(path, STUDY_FILE)
     table = data.get("study", {})
-    arms = tuple(arm for item in data.get("arm", []) for arm in _arms(item, path))
+    items = data.get("arm", [])
+    if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
+        raise UsageError(f'{STUDY_FILE} {path}: arm must be [[arm]] tables, each with a method = "..."')
+    arms = tuple(arm for item in items for arm in _arms(item, path))
     if not arms:
         raise UsageError(f"{STUDY_FILE} {path} lists no [[arm]] tables")
     where = f"{STUDY_FILE} {path} [study]"
@@ -103,8 +106,16 @@ def _arms(item: dict, path: str | Path) -> list[Arm]:
     (Tuple settings such as noise_targets are written as comma-separated strings.)"""
     names = key_names(TrainSettings)
     item = {names.get(key, key.replace("-", "_")): value for key, value in item.items()}
-    if "method" not in item:
-        raise UsageError(f"{STUDY_FILE} {path}: every [[arm]] needs a method")
+    if not isinstance(item.get("method"), str):
+        raise UsageError(f'{STUDY_FILE} {path}: every [[arm]] needs a method = "..." (lora, halora, ...)')
+    if "name" in item and not isinstance(item["name"], str):
+        raise UsageError(f"{STUDY_FILE} {path}: an [[arm]]'s name must be a string, got {item['name']!r}")
+    if "rank" in item and not (
+        isinstance(item["rank"], int) and not isinstance(item["rank"], bool) and item["rank"] >= 1
+    ):
+        raise UsageError(
+            f"{STUDY_FILE} {path}: an [[arm]]'s rank must be an integer >= 1, got {item['rank']!r}"
+        )
     axes = {key: value for key, value in item.items() if isinstance(value, list)}
     fixed = {key: value for key, value in item.items() if key not in axes}
     arms = []
