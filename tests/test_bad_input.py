@@ -3,7 +3,9 @@ traceback, and nothing left behind in --out."""
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
 import warnings
 from pathlib import Path
 
@@ -11,14 +13,19 @@ import pytest
 import torch
 
 from halora.cli import main
+from halora.commands.demo import _refuse_training_run
+from halora.errors import UsageError
 from halora.lora import LoraSettings, attach_lora
-from halora.models import TinyConfig, build_tiny
+from halora.models import TinyConfig, build_tiny, byte_tokenizer
 
 NEEDS_NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")
 LMEVAL_TASKS = Path(__file__).parent / "fixtures" / "lmeval"
 # Stand-ins in argv for adapter folders, made only by the cases that use them.
 OTHER_BASE = "<adapter whose halora.json names other base weights>"
 OTHER_SHAPES = "<adapter of other shapes>"
+CUT_SHORT = "<model folder whose model.safetensors is cut short>"
+PICKLED = "<adapter whose adapter_model.bin pickles more than tensors>"
+TRAIN_RUN = "<folder holding a training run>"
 
 
 def adapter(folder: Path, config: TinyConfig = TinyConfig(), base_sha256: str | None = "0" * 64) -> str:
@@ -31,13 +38,45 @@ def adapter(folder: Path, config: TinyConfig = TinyConfig(), base_sha256: str | 
     return str(folder)
 
 
+def model_cut_short(folder: Path) -> str:
+    """A tiny model folder whose weights file a copy or download cut off halfway."""
+    build_tiny().save_pretrained(folder)
+    byte_tokenizer().save_pretrained(folder)
+    weights = folder / "model.safetensors"
+    os.truncate(weights, weights.stat().st_size // 2)
+    return str(folder)
+
+
+def pickled_adapter(folder: Path) -> str:
+    """An adapter saved the old way, whose adapter_model.bin also pickles a Python object."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        attach_lora(build_tiny(), LoraSettings(rank=2)).save_pretrained(folder)
+    (folder / "adapter_model.safetensors").unlink()
+    torch.save({"note": argparse.Namespace(by="someone")}, folder / "adapter_model.bin")
+    return str(folder)
+
+
+def training_run(folder: Path) -> str:
+    """What `halora train --out folder` leaves at the folder's top level."""
+    adapter(folder)
+    (folder / "train_log.jsonl").write_text('{"step": 2, "loss": 1.0}\n')
+    return str(folder)
+
+
 def made(word: str, tmp_path: Path) -> str:
-    """`word` with a stand-in replaced by the adapter folder it stands for."""
+    """`word` with a stand-in replaced by the folder it stands for."""
     if OTHER_BASE in word:
         return word.replace(OTHER_BASE, adapter(tmp_path / "other-base"))
     if OTHER_SHAPES in word:
         shapes = TinyConfig(hidden_size=32, intermediate_size=64)
         return word.replace(OTHER_SHAPES, adapter(tmp_path / "other-shapes", shapes, None))
+    if CUT_SHORT in word:
+        return word.replace(CUT_SHORT, model_cut_short(tmp_path / "cut-short"))
+    if PICKLED in word:
+        return word.replace(PICKLED, pickled_adapter(tmp_path / "pickled"))
+    if TRAIN_RUN in word:
+        return word.replace(TRAIN_RUN, training_run(tmp_path / "trained"))
     return word
 
 
@@ -125,6 +164,25 @@ def cases(tmp_path):
             ["eval", "--model", "tiny", "--device", "cuda"],
             "no CUDA device is available here",
         ),
+        "model weights cut short": (
+            ["eval", "--model", CUT_SHORT, "--items", "1"],
+            "model.safetensors is unreadable (incomplete metadata, file not fully covered): "
+            "copy or download it again",
+        ),
+        "adapter pickling more than tensors (eval)": (
+            ["eval", "--model", "tiny", "--adapter", PICKLED, "--items", "1"],
+            "adapter_model.bin holds more than tensors and is refused for safety (torch weights_only): "
+            "re-save it as safetensors (save_pretrained(..., safe_serialization=True))",
+        ),
+        "adapter pickling more than tensors (recalibrate)": (
+            ["recalibrate", "--model", "tiny", "--adapter", PICKLED, "--noise", "gaussian:sigma=0.01"]
+            + ["--out", out],
+            "adapter_model.bin holds more than tensors and is refused for safety",
+        ),
+        "demo out holds a training run": (
+            ["demo", "--out", TRAIN_RUN],
+            "holds a training run, not a demo: pick a new folder",
+        ),
     }
 
 
@@ -160,6 +218,10 @@ STUDY_WITH_BAD_STEPS = '[study]\nmodel = "tiny"\n[[arm]]\nmethod = "lora"\nsteps
         "energy tokens out of range",
         "energy plot unwritable",
         pytest.param("cuda without a GPU", marks=NEEDS_NO_GPU),
+        "model weights cut short",
+        "adapter pickling more than tensors (eval)",
+        "adapter pickling more than tensors (recalibrate)",
+        "demo out holds a training run",
     ],
 )
 def test_bad_input_is_one_line_and_leaves_nothing(name, tmp_path, capsys):
@@ -167,11 +229,33 @@ def test_bad_input_is_one_line_and_leaves_nothing(name, tmp_path, capsys):
     if argv[0] == "lm-eval":
         pytest.importorskip("lm_eval")
     argv = [made(word, tmp_path) for word in argv]
+    before = files_in(tmp_path)
+    capsys.readouterr()  # what making the stand-ins printed (save_pretrained's progress bar)
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("halora: error: ") and needle in err[0], err
     out = tmp_path / "out"
     assert not out.exists() or not any(out.iterdir())
+    assert files_in(tmp_path) == before  # the stand-ins' folders are left as they were
+
+
+def files_in(folder: Path) -> dict[str, int]:
+    """Every file under `folder`, with the time it was last written."""
+    return {
+        str(path.relative_to(folder)): path.stat().st_mtime_ns for path in folder.rglob("*") if path.is_file()
+    }
+
+
+def test_demo_resumes_a_demo_folder_but_not_a_training_run(tmp_path):
+    demo = tmp_path / "demo"
+    (demo / "adapters" / "lora").mkdir(parents=True)
+    (demo / "adapters" / "lora" / "adapter_model.safetensors").write_bytes(b"")
+    _refuse_training_run(demo)  # a demo stopped while training: resumed
+    (demo / "demo.json").write_text("{}")
+    _refuse_training_run(demo)
+    _refuse_training_run(tmp_path / "missing")
+    with pytest.raises(UsageError, match=r"holds a training run, not a demo: pick a new folder$"):
+        _refuse_training_run(Path(training_run(tmp_path / "trained")))
 
 
 def test_an_adapter_of_another_base_loads_with_allow_other_base(tmp_path, capsys):

@@ -5,10 +5,14 @@ the settings the method used."""
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import shutil
 
+import peft.peft_model
 import pytest
+import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 from test_train import examples as train_examples
 from test_train import quick as train_quick
@@ -139,6 +143,112 @@ def test_resume_refuses_a_folder_that_is_more_than_an_early_kill(tmp_path):
     assert message.endswith("; pick a new --out")
     with pytest.raises(UsageError, match="nothing to resume in .*: no such folder"):
         run(tmp_path / "missing", quick(), resume=True)
+
+
+def tear(checkpoint, how: str) -> None:
+    """What a kill or a full disk mid-save leaves: the Trainer writes trainer_state.json last."""
+    state = checkpoint / "trainer_state.json"
+    if how == "no state":
+        state.unlink()
+    else:
+        state.write_text(state.read_text()[:40])  # cut mid-write
+
+
+@pytest.mark.parametrize("how", ["no state", "torn state"])
+def test_resume_skips_a_torn_last_checkpoint(tmp_path, capsys, how):
+    out = tmp_path / "run"
+    run(out, quick())
+    whole = logged(out)
+    kill_after_checkpoint_4(out)
+    shutil.copytree(out / "checkpoint-4", out / "checkpoint-8", dirs_exist_ok=True)
+    tear(out / "checkpoint-8", how)
+    capsys.readouterr()
+    assert run(out, quick(), resume=True).steps == 8
+    reason = "no trainer_state.json" if how == "no state" else "trainer_state.json is torn"
+    note = f"halora: note: checkpoint-8 is incomplete ({reason}); resuming from checkpoint-4"
+    assert note in capsys.readouterr().err.splitlines()
+    log = logged(out)
+    assert [r["step"] for r in log if "loss" in r] == [2, 4, 6, 8]
+    assert [r["loss"] for r in log if "loss" in r] == pytest.approx([r["loss"] for r in whole if "loss" in r])
+    assert (out / "checkpoint-8" / "trainer_state.json").is_file()  # saved again, whole
+
+
+def test_resume_starts_over_when_no_checkpoint_is_complete(tmp_path, capsys):
+    out = tmp_path / "run"
+    run(out, quick(steps=4, save_steps=4))
+    for name in ("adapter_model.safetensors", "adapter_config.json", "README.md", SIDECAR):
+        (out / name).unlink()
+    tear(out / "checkpoint-4", "no state")
+    capsys.readouterr()
+    assert run(out, quick(steps=4, save_steps=4), resume=True).steps == 4
+    note = "halora: note: checkpoint-4 is incomplete (no trainer_state.json); no complete checkpoint: "
+    assert note + "the run starts over" in capsys.readouterr().err.splitlines()
+    assert [r["step"] for r in logged(out) if "loss" in r] == [2, 4]
+    assert (out / "checkpoint-4" / "trainer_state.json").is_file()
+
+
+def full_disk_at(monkeypatch, where: str, error: Exception) -> None:
+    """`where` "checkpoint": the first torch.save into a checkpoint folder fails, as a full
+    disk makes it (after the checkpoint's adapter is written); "adapter": the final
+    adapter's safetensors write fails."""
+    if where == "checkpoint":
+        save = torch.save
+
+        def failing_save(obj, path, *args, **kwargs):
+            if "checkpoint-" in str(path):
+                raise error
+            return save(obj, path, *args, **kwargs)
+
+        monkeypatch.setattr(torch, "save", failing_save)
+    else:
+        save_file = peft.peft_model.safe_save_file
+
+        def failing_save_file(tensors, path, *args, **kwargs):
+            if "checkpoint-" not in str(path):
+                raise error
+            return save_file(tensors, path, *args, **kwargs)
+
+        monkeypatch.setattr(peft.peft_model, "safe_save_file", failing_save_file)
+
+
+@pytest.mark.parametrize(
+    "where, error, saving",
+    [
+        ("checkpoint", OSError(errno.ENOSPC, "No space left on device"), "checkpoint-4"),
+        (
+            "checkpoint",
+            RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598"),
+            "checkpoint-4",
+        ),
+        (
+            "adapter",
+            SafetensorError("Error while serializing: IoError(Os { code: 28, kind: StorageFull })"),
+            "the adapter",
+        ),
+        ("adapter", OSError(errno.EROFS, "Read-only file system"), "the adapter"),
+    ],
+    ids=["ENOSPC in a checkpoint", "torch's zip writer", "safetensors' writer", "EROFS at the adapter"],
+)
+def test_a_full_disk_leaves_nothing_torn_and_resume_finishes(tmp_path, monkeypatch, where, error, saving):
+    out = tmp_path / "run"
+    settings = quick(steps=8, save_steps=4)
+    with monkeypatch.context() as patched:
+        full_disk_at(patched, where, error)
+        with pytest.raises(UsageError) as refused:
+            run(out, settings)
+    assert str(refused.value) == (
+        f"--out {out}: the disk is full (or read-only) while saving {saving}: "
+        "free space and run the same command with --resume"
+    )
+    left = sorted(path.name for path in out.iterdir())
+    if where == "checkpoint":
+        assert left == sorted([LOG_FILE, RUN_SETTINGS])  # no torn checkpoint-4
+    else:  # whole checkpoints, and no adapter: nothing that looks trained
+        assert left == sorted(["checkpoint-4", "checkpoint-8", LOG_FILE, RUN_SETTINGS])
+    result = run(out, settings, resume=True)
+    assert result.steps == 8 and load_file(out / "adapter_model.safetensors")
+    assert json.loads((out / SIDECAR).read_text())["training"]["steps"] == 8
+    assert [r["step"] for r in logged(out) if "loss" in r] == [2, 4, 6, 8]
 
 
 def test_cli_resume_restarts_and_refuses_changes(tmp_path, capsys):

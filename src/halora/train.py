@@ -32,14 +32,23 @@ methods refuse them with a clear error; lora and reg run under them.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import math
+import os
+import re
 import shutil
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
+from functools import partial
 from pathlib import Path
 from typing import ClassVar
 
 import torch
+from safetensors import SafetensorError
 from torch.utils.data import Dataset
 from transformers import (
     DataCollatorForSeq2Seq,
@@ -86,6 +95,21 @@ RESUME_MAY_CHANGE = frozenset({"progress", "report_to", "logging_steps", "save_s
 # What a fresh run writes into --out before its first checkpoint (runs/: TensorBoard); a
 # folder holding nothing else is a run killed early, which --resume starts over.
 EARLY_RUN_FILES = frozenset({LOG_FILE, RUN_SETTINGS, "runs"})
+CHECKPOINT = re.compile(r"checkpoint-(\d+)")  # transformers' PREFIX_CHECKPOINT_DIR-<step>
+# The Trainer writes this file last into a checkpoint folder: without it (or torn) the
+# folder is what a kill or a full disk left mid-save, and cannot be resumed from.
+TRAINER_STATE = "trainer_state.json"
+# A full or read-only disk: errno for Python's writes; torch's zip writer and safetensors'
+# Rust writer raise their own errors, recognised by these words.
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EROFS, errno.EDQUOT})
+DISK_FULL_WORDS = (
+    "unexpected pos",
+    "PytorchStreamWriter failed",
+    "No space left on device",
+    "Read-only file system",
+    "StorageFull",
+    "ReadOnlyFilesystem",
+)
 NOISE_SEED_BASE = 1234
 
 
@@ -412,14 +436,15 @@ def train(
 ) -> TrainResult:
     """Train an adapter on `examples`; write it (PEFT format) and halora.json to out_dir.
 
-    resume: continue from the last checkpoint in out_dir under the same settings, or start
-    over there when the run stopped before its first checkpoint."""
+    resume: continue from the last complete checkpoint in out_dir under the same settings,
+    or start over there when the run stopped before its first one."""
     out = Path(out_dir)
     start = _check_out_dir(out, resume)
     files.output_folder(out)  # unwritable: one line now, not a traceback after the model loads
     base_hash = weights_hash(model)
     run_record = _run_record(settings, lora, placement, model_name, base_hash, extra_metadata or {})
-    checkpoint = get_last_checkpoint(str(out)) if start == "checkpoint" else None
+    whole, torn = _resume_point(out) if start != "new" else (None, [])
+    checkpoint = str(whole) if whole is not None else None
     if checkpoint is not None:
         _check_same_settings(out, run_record)
     set_seed(settings.seed)  # the LoRA init is part of the run: same seed, same adapter
@@ -452,19 +477,18 @@ def train(
         _refuse_sharded_noise(trainer)
     trainer.accelerator.wait_for_everyone()  # every rank has looked at --out before rank 0 writes
     if trainer.is_world_process_zero():
+        _drop_torn(torn, whole)
         _start_log(out, checkpoint, run_record)
     try:
-        with quiet_tiny_save():
+        with quiet_tiny_save(), _disk_full_is_usage_error(out, partial(_saving_at, out, trainer)):
             trainer.train(resume_from_checkpoint=checkpoint)
     finally:
         if injection is not None:
             injection.close()  # the base is clean again even if training failed
     if trainer.is_world_process_zero():
-        with quiet_tiny_save():
-            peft_model.save_pretrained(out)  # the adapter only: A and B, never the noisy base
-        files.write_json(
-            out / SIDECAR, sidecar(settings, lora, placement, model_name, base_hash, extra_metadata or {})
-        )
+        adapter_record = sidecar(settings, lora, placement, model_name, base_hash, extra_metadata or {})
+        with _disk_full_is_usage_error(out, lambda: "the adapter"):
+            _save_adapter(peft_model, out, adapter_record)
     log = [record for record in trainer.state.log_history if "loss" in record]
     return TrainResult(
         out,
@@ -500,9 +524,12 @@ def _check_out_dir(out: Path, resume: bool) -> str:
                 f"nothing to resume in {out}: no such folder; check the path, "
                 "or drop --resume to start a new run"
             )
-        if get_last_checkpoint(str(out)) is not None:
+        whole, torn = _resume_point(out)
+        if whole is not None:
             return "checkpoint"
-        foreign = sorted(name for name in _contents(out) if name not in EARLY_RUN_FILES)
+        # torn checkpoints only: the run stopped before it saved a whole one
+        early = EARLY_RUN_FILES | {checkpoint.name for checkpoint, _ in torn}
+        foreign = sorted(name for name in _contents(out) if name not in early)
         if foreign:
             shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
             raise UsageError(
@@ -516,6 +543,100 @@ def _check_out_dir(out: Path, resume: bool) -> str:
             "if it stopped before its first checkpoint), or pick a new folder"
         )
     return "new"
+
+
+def _resume_point(out: Path) -> tuple[Path | None, list[tuple[Path, str]]]:
+    """The newest whole checkpoint in `out` (None if there is none), and the torn ones
+    newer than it, each with what it lacks."""
+    torn = []
+    for checkpoint in _checkpoints(out):
+        reason = _torn(checkpoint)
+        if reason is None:
+            return checkpoint, torn
+        torn.append((checkpoint, reason))
+    return None, torn
+
+
+def _checkpoints(out: Path) -> list[Path]:
+    """The checkpoint-N folders in `out`, newest (highest N) first."""
+    found = [path for path in out.iterdir() if CHECKPOINT.fullmatch(path.name) and path.is_dir()]
+    return sorted(found, key=lambda path: int(path.name.rsplit("-", 1)[-1]), reverse=True)
+
+
+def _torn(checkpoint: Path) -> str | None:
+    """What makes a checkpoint folder unusable for a resume, or None when it is whole."""
+    state = checkpoint / TRAINER_STATE
+    if not state.is_file():
+        return f"no {TRAINER_STATE}"
+    try:
+        json.loads(state.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return f"{TRAINER_STATE} is torn"
+    return None
+
+
+def _drop_torn(torn: list[tuple[Path, str]], whole: Path | None) -> None:
+    """Remove the torn checkpoints a resume skips, saying so: the Trainer would otherwise
+    save into their leftovers, and the next --resume would meet them again."""
+    then = (
+        f"resuming from {whole.name}" if whole is not None else "no complete checkpoint: the run starts over"
+    )
+    for checkpoint, reason in torn:
+        print(f"halora: note: {checkpoint.name} is incomplete ({reason}); {then}", file=sys.stderr)
+        shutil.rmtree(checkpoint, ignore_errors=True)
+
+
+def _save_adapter(peft_model: torch.nn.Module, out: Path, record: dict) -> None:
+    """The adapter (A and B only, never the noisy base) and its halora.json, whole or not at
+    all: written into a temporary folder in `out`, then moved in with the weights last, since
+    a folder with adapter_model.safetensors counts as trained (halora.pipeline reuses it)."""
+    staging = Path(tempfile.mkdtemp(prefix=".adapter-", suffix=".tmp", dir=out))
+    try:
+        with quiet_tiny_save():
+            peft_model.save_pretrained(staging)
+        files.write_json(staging / SIDECAR, record)
+        for path in sorted(staging.iterdir(), key=lambda path: path.name.startswith("adapter_model.")):
+            os.replace(path, out / path.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+@contextmanager
+def _disk_full_is_usage_error(out: Path, saving: Callable[[], str]) -> Iterator[None]:
+    """A full (or read-only) disk while saving is the user's to fix: one line naming what
+    was being saved (`saving()`, which also clears what it left torn), and --resume continues
+    from the last whole checkpoint."""
+    try:
+        yield
+    except (OSError, RuntimeError, SafetensorError) as err:
+        if not _is_disk_full(err):
+            raise
+        raise UsageError(
+            f"--out {out}: the disk is full (or read-only) while saving {saving()}: "
+            "free space and run the same command with --resume"
+        ) from err
+
+
+def _is_disk_full(err: BaseException | None) -> bool:
+    """Whether `err`, or an error it was raised from, is a full or read-only disk."""
+    while err is not None:
+        if isinstance(err, OSError) and err.errno in DISK_FULL_ERRNOS:
+            return True
+        if isinstance(err, (RuntimeError, SafetensorError)) and any(w in str(err) for w in DISK_FULL_WORDS):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
+def _saving_at(out: Path, trainer: Trainer) -> str:
+    """What training was saving when the disk filled: the checkpoint of the current step
+    when it is torn (then removed, so that --resume skips it), else the run's logs."""
+    step = trainer.state.global_step
+    checkpoint = out / f"checkpoint-{step}"
+    if checkpoint.is_dir() and _torn(checkpoint) is not None:
+        shutil.rmtree(checkpoint, ignore_errors=True)
+        return checkpoint.name
+    return f"the training log at step {step}"
 
 
 def _contents(out: Path) -> list[str]:

@@ -4,15 +4,22 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import replace
+from pathlib import Path
 
 from halora.demo import DemoSettings, default_out, load_preset, run_demo
+from halora.errors import UsageError
 from halora.files import output_folder
 from halora.settings import add_flags, given_flags
-from halora.train import TrainSettings
+from halora.train import LOG_FILE, RUN_SETTINGS, TrainSettings
 
 # Training settings the demo fixes for every method (the method itself, one seed, its own
 # progress switch) or leaves to `halora train`.
 NOT_DEMO_FLAGS = ("method", "seed", "progress", "report_to", "precision", "gradient_checkpointing")
+# What `halora train` leaves at the top of its --out; the demo keeps its adapters in
+# adapters/<method>/, so these at the top mean the folder is a training run's.
+TRAIN_RUN_FILES = ("adapter_model.safetensors", "adapter_config.json", LOG_FILE, RUN_SETTINGS)
+# What run_demo writes, by which an existing demo folder is known (and resumed).
+DEMO_MARKS = ("demo.json", "adapters", "sweep")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -46,5 +53,15 @@ def run(args: argparse.Namespace) -> int:
         if wanted and method not in settings.methods
     ]
     settings = replace(settings, methods=(*settings.methods, *extra))
-    run_demo(settings, output_folder(args.out or default_out()), progress=not args.no_progress)
+    out = args.out or default_out()
+    _refuse_training_run(Path(out))
+    run_demo(settings, output_folder(out), progress=not args.no_progress)
     return 0
+
+
+def _refuse_training_run(out: Path) -> None:
+    """A demo resumed in a `halora train` folder would mix its outputs with the run's."""
+    if not out.is_dir() or any((out / name).exists() for name in DEMO_MARKS):
+        return
+    if any((out / name).is_file() for name in TRAIN_RUN_FILES):
+        raise UsageError(f"--out {out} holds a training run, not a demo: pick a new folder")
