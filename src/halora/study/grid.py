@@ -110,12 +110,6 @@ def _arms(item: dict, path: str | Path) -> list[Arm]:
         raise UsageError(f'{STUDY_FILE} {path}: every [[arm]] needs a method = "..." (lora, halora, ...)')
     if "name" in item and not isinstance(item["name"], str):
         raise UsageError(f"{STUDY_FILE} {path}: an [[arm]]'s name must be a string, got {item['name']!r}")
-    if "rank" in item and not (
-        isinstance(item["rank"], int) and not isinstance(item["rank"], bool) and item["rank"] >= 1
-    ):
-        raise UsageError(
-            f"{STUDY_FILE} {path}: an [[arm]]'s rank must be an integer >= 1, got {item['rank']!r}"
-        )
     axes = {key: value for key, value in item.items() if isinstance(value, list)}
     fixed = {key: value for key, value in item.items() if key not in axes}
     arms = []
@@ -145,6 +139,8 @@ def _arm(name: str, values: dict, path: str | Path) -> Arm:
     if not re.fullmatch(r"[A-Za-z0-9_+-]+", name):
         raise UsageError(f"{STUDY_FILE} {path}: arm name {name!r} may only use letters, digits, _ + -")
     method, rank, family = values.pop("method"), values.pop("rank", None), values.pop("family", "")
+    if rank is not None and not (isinstance(rank, int) and not isinstance(rank, bool) and rank >= 1):
+        raise UsageError(f"{STUDY_FILE} {path}: arm {name}: rank must be an integer >= 1, got {rank!r}")
     settings = normalise(TrainSettings, values, f"{STUDY_FILE} {path}: arm {name}")
     arm = Arm(name, method, settings, rank, family)
     arm.train_settings({})  # bad values fail now, not mid-study
