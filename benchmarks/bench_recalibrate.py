@@ -18,16 +18,20 @@ killed run resumes; intervals are the study's hierarchical bootstrap (chips, ite
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from _common import emit, environment, log, median, set_threads
 from peft import PeftModel
-from safetensors.torch import load_file
 
 from halora.evaluate import EvalSettings
 from halora.models import load_model
 from halora.noise import GAUSSIAN_TEMPLATE
-from halora.recal_sweep import RecalPlan, RecalRunner, recalibration_seconds, run_recalibration
+from halora.recal_sweep import (
+    RecalPlan,
+    RecalRunner,
+    adapter_state,
+    recalibration_seconds,
+    run_recalibration,
+)
 from halora.recalibrate import RecalSettings
 from halora.study.report import recalibration_table
 from halora.study.stats import accuracy_ci, recovery_ci
@@ -51,7 +55,7 @@ class Bench:
         self.seeds = tuple(range(first, first + args.chips))
 
     def source(self, label: str):
-        return lambda: load_file(str(Path(self.sources[label]) / "adapter_model.safetensors"))
+        return lambda: adapter_state(self.sources[label])
 
 
 def settings_from(args, **overrides) -> RecalSettings:

@@ -224,17 +224,24 @@ def layer_generator(seed: int, name: str, device: torch.device | str | None = No
     return generator
 
 
-class _HostStash:
-    """Clean weights as CPU tensors: for weights on an accelerator."""
+class _MemoryStash:
+    """Clean weights as tensors in memory: on the host (CPU copies, for weights on an
+    accelerator) or on the weights' own device (`on_device`: `Chip.clean_view` points the
+    layers at them without a copy, for one more copy of the RRAM weights in memory)."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_device: bool = False) -> None:
+        self.on_device = on_device
         self._tensors: dict[str, torch.Tensor] = {}
 
     def put(self, name: str, weight: torch.Tensor) -> None:
-        self._tensors[name] = weight.detach().to("cpu", copy=True)
+        weight = weight.detach()
+        self._tensors[name] = weight.clone() if self.on_device else weight.to("cpu", copy=True)
 
     def restore_into(self, name: str, weight: torch.Tensor) -> None:
         weight.copy_(self._tensors[name])
+
+    def tensor(self, name: str) -> torch.Tensor:
+        return self._tensors[name]
 
     def close(self) -> None:
         self._tensors.clear()
@@ -271,26 +278,6 @@ class _DiskStash:
 
     def close(self) -> None:
         self._file.close()
-
-
-class _DeviceStash:
-    """Clean weights as tensors on the weights' own device: `Chip.clean_view` points the
-    layers at them without a copy. Costs one more copy of the RRAM weights in memory."""
-
-    def __init__(self) -> None:
-        self._tensors: dict[str, torch.Tensor] = {}
-
-    def put(self, name: str, weight: torch.Tensor) -> None:
-        self._tensors[name] = weight.detach().clone()
-
-    def restore_into(self, name: str, weight: torch.Tensor) -> None:
-        weight.copy_(self._tensors[name])
-
-    def tensor(self, name: str) -> torch.Tensor:
-        return self._tensors[name]
-
-    def close(self) -> None:
-        self._tensors.clear()
 
 
 def _raw_bytes(tensor: torch.Tensor) -> memoryview:
@@ -361,7 +348,7 @@ class Chip:
         """The clean weights in place of the programmed ones for a with-block, read noise
         off: the layers point at the stashed clean tensors (no copy), then back. Needs
         store="device". Nothing may write the weights inside the block."""
-        if not isinstance(self._stash, _DeviceStash):
+        if not (isinstance(self._stash, _MemoryStash) and self._stash.on_device):
             raise RuntimeError('clean_view needs a chip programmed with store="device"')
         programmed = {name: layer.weight.data for name, layer in self.layers.items()}
         for handles in self._hooks:
@@ -397,11 +384,11 @@ class Chip:
         if store == "auto":
             store = "disk" if devices == {"cpu"} else "host"
         if store == "host":
-            return _HostStash()
+            return _MemoryStash()
         if store == "disk":
             return _DiskStash()
         if store == "device":
-            return _DeviceStash()
+            return _MemoryStash(on_device=True)
         raise UsageError(f"unknown stash store {store!r}: use auto, host, disk or device")
 
     def _remove_read_noise(self) -> None:

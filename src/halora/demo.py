@@ -191,20 +191,15 @@ def _recalibrated(
 ) -> list[dict]:
     """Cells of the recalibrated adapters and their equal-compute baselines (the sources' own
     cells are already in the sweep's records, on the same chips and items)."""
-    from halora.lora import load_trainable
-    from halora.models import load_model
-    from halora.recal_sweep import RecalPlan, RecalRunner, run_recalibration
+    from halora.recal_sweep import RecalPlan, recalibrate_sources
 
     sources = tuple((method, adapters[method]) for method in settings.recal_from if method in adapters)
     top = max(settings.sigmas)
     log(f"recalibration: {', '.join(m for m, _ in sources)} tuned to each chip of sigma {top:g}")
-    model, tokenizer = load_model(settings.model)
-    model = load_trainable(model, sources[0][1])
-    runner = RecalRunner(model, tokenizer, tasks, evaluation, out)
     spec = settings.grid.noise_template.format(sigma=top)
     # the demo scores each tuned adapter on its own chip only (the study adds the next chip)
     plan = RecalPlan(sources, (spec,), settings.grid.seeds, settings.recal, evaluation, other_chip=False)
-    records = run_recalibration(runner, plan, log)
+    records = recalibrate_sources(settings.model, tasks, plan, out, log)
     return [record for record in records if record["method"] not in adapters]
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import torch
 from transformers import PreTrainedTokenizerBase
 
 
@@ -51,6 +52,40 @@ def encode_pair(
     answer_part = answer_ids(tokenizer, answer, add_eos)[:max_length]
     prompt_part = prompt_ids(tokenizer, prompt, max_length - len(answer_part))
     return Encoded(prompt_part + answer_part, len(prompt_part))
+
+
+def labelled_pair(
+    tokenizer: PreTrainedTokenizerBase,
+    prompt: str,
+    answer: str,
+    max_length: int,
+    train_on_inputs: bool = False,
+) -> tuple[list[int], list[int]]:
+    """`encode_pair`'s token ids and their labels: -100 on the prompt (no loss there)
+    unless `train_on_inputs`."""
+    encoded = encode_pair(tokenizer, prompt, answer, max_length)
+    labels = list(encoded.input_ids)
+    if not train_on_inputs:
+        labels[: encoded.answer_start] = [-100] * encoded.answer_start
+    return encoded.input_ids, labels
+
+
+def pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    # any id will do where the tokenizer has none: padded positions are masked out
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+
+def pad_rows(rows: Sequence[Sequence[int]], pad: int, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of token ids as one [rows, width] tensor padded with `pad` on the left or the
+    right, and the attention mask (1 on real tokens)."""
+    width = max(max(len(row) for row in rows), 1)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for index, row in enumerate(rows):
+        span = slice(width - len(row), width) if left else slice(0, len(row))
+        ids[index, span] = torch.tensor(row, dtype=torch.long)
+        mask[index, span] = 1
+    return ids, mask
 
 
 def encode_choices(

@@ -30,7 +30,7 @@ from typing import ClassVar
 import torch
 from tqdm.auto import tqdm
 
-from halora.encoding import encode_choices, prompt_ids
+from halora.encoding import encode_choices, pad_id, pad_rows, prompt_ids
 from halora.errors import UsageError
 from halora.settings import check, setting
 from halora.tasks import Example, Task
@@ -206,8 +206,8 @@ def _score_options(
     """Per prompt, per option, the log-probability of each option token; tokens read (each
     prompt once, each option but its last token, which is only predicted)."""
     device = _device_of(model)
-    pad = _pad_id(tokenizer)
-    ids, mask = _pad(prompt_ids, pad, left=True)
+    pad = pad_id(tokenizer)
+    ids, mask = pad_rows(prompt_ids, pad, left=True)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     out = model(
         input_ids=ids.to(device),
@@ -227,8 +227,8 @@ def _score_options(
     if max(len(option) for option in flat) > 1:  # the rest of each option, on the shared cache
         cache = getattr(out, "cache", None) or out.past_key_values
         cache.batch_select_indices(torch.tensor(owners, device=device))
-        rest, rest_mask = _pad([option[:-1] for option in flat], pad, left=False)
-        targets, _ = _pad([option[1:] for option in flat], 0, left=False)
+        rest, rest_mask = pad_rows([option[:-1] for option in flat], pad, left=False)
+        targets, _ = pad_rows([option[1:] for option in flat], 0, left=False)
         full_mask = torch.cat([mask[owners], rest_mask], dim=1)
         rest_positions = mask.sum(-1)[owners, None] + torch.arange(rest.shape[1])
         logits = model(
@@ -258,22 +258,6 @@ def _cache_keyword(model) -> str:
     `past_key_values` (still accepted, with a deprecation warning)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
-
-
-def _pad_id(tokenizer) -> int:
-    # any id will do where the tokenizer has none: padded positions are masked out
-    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-
-
-def _pad(rows: list[list[int]], pad: int, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(max(len(row) for row in rows), 1)
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for index, row in enumerate(rows):
-        span = slice(width - len(row), width) if left else slice(0, len(row))
-        ids[index, span] = torch.tensor(row, dtype=torch.long)
-        mask[index, span] = 1
-    return ids, mask
 
 
 def _score_generations(model, tokenizer, task, examples, settings) -> TaskScore:
@@ -314,7 +298,7 @@ def generate_ids(
             prompt_ids(tokenizer, prompts[i], settings.max_length)
             for i in order[start : start + settings.eval_batch_size]
         ]
-        ids, mask = _pad(rows, _pad_id(tokenizer), left=True)
+        ids, mask = pad_rows(rows, pad_id(tokenizer), left=True)
         generated = model.generate(
             input_ids=ids.to(device),
             attention_mask=mask.to(device),

@@ -22,6 +22,7 @@ import dataclasses
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -156,16 +157,32 @@ class RecalRunner:
         return self.prepared[name]
 
 
+def adapter_state(folder: str | Path) -> dict[str, torch.Tensor]:
+    """An adapter folder's LoRA tensors (PEFT's safetensors file), to swap into the runner."""
+    from safetensors.torch import load_file
+
+    return load_file(str(Path(folder) / "adapter_model.safetensors"))
+
+
+def recalibrate_sources(
+    model_name: str, tasks: list[Task], plan: RecalPlan, out: str | Path, log: Log = print
+) -> list[dict]:
+    """`run_recalibration` on a freshly loaded `model_name`, the plan's first source
+    attached trainable (the others are swapped in as state dicts): the demo's and the
+    study's entry point."""
+    from halora.lora import load_trainable
+    from halora.models import load_model
+
+    model, tokenizer = load_model(model_name)
+    model = load_trainable(model, plan.sources[0][1])
+    return run_recalibration(RecalRunner(model, tokenizer, tasks, plan.eval, out), plan, log)
+
+
 def run_recalibration(runner: RecalRunner, plan: RecalPlan, log: Log = print) -> list[dict]:
     """The plan's cells: each source clean and on every chip, recalibrated per chip (own and
     next chip), and the equal-compute baseline; returns every cached cell."""
-    from safetensors.torch import load_file
-
     for label, folder in plan.sources:
-
-        def source(folder: str = folder) -> dict[str, torch.Tensor]:
-            return load_file(str(Path(folder) / "adapter_model.safetensors"))
-
+        source = partial(adapter_state, folder)
         runner.score(label, CLEAN, 0, source)
         extra = None
         if plan.equal_compute:

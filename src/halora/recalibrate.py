@@ -42,7 +42,7 @@ from transformers import PreTrainedTokenizerBase
 
 from halora.cim import Placement, program_chip
 from halora.distill import TopK, kl_topk, topk_targets
-from halora.encoding import encode_pair, prompt_ids
+from halora.encoding import labelled_pair, pad_id, pad_rows, prompt_ids
 from halora.errors import UsageError
 from halora.evaluate import EvalSettings, generate_ids
 from halora.precision import check_precision
@@ -137,13 +137,7 @@ def encode_rows(
     now) greedy answer of up to `answer_tokens` tokens; no position carries a label."""
     if not settings.uses_labels:
         return _teacher_rows(model, tokenizer, examples, settings)
-    rows = []
-    for example in examples:
-        encoded = encode_pair(tokenizer, example.prompt, example.answer, settings.max_length)
-        labels = list(encoded.input_ids)
-        labels[: encoded.answer_start] = [-100] * encoded.answer_start
-        rows.append(Row(encoded.input_ids, labels))
-    return rows
+    return [Row(*labelled_pair(tokenizer, e.prompt, e.answer, settings.max_length)) for e in examples]
 
 
 def _teacher_rows(model, tokenizer, examples: list[Example], settings: RecalSettings) -> list[Row]:
@@ -166,15 +160,8 @@ def _teacher_rows(model, tokenizer, examples: list[Example], settings: RecalSett
 
 def _collate(rows: list[Row], pad: int) -> dict[str, torch.Tensor]:
     """Right-padded batch; padded positions are masked and carry no label."""
-    width = max(len(row.input_ids) for row in rows)
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    labels = torch.full((len(rows), width), -100, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for index, row in enumerate(rows):
-        length = len(row.input_ids)
-        ids[index, :length] = torch.tensor(row.input_ids)
-        labels[index, :length] = torch.tensor(row.labels)
-        mask[index, :length] = 1
+    ids, mask = pad_rows([row.input_ids for row in rows], pad, left=False)
+    labels, _ = pad_rows([row.labels for row in rows], -100, left=False)
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
@@ -231,12 +218,8 @@ def prepare(
     started = time.perf_counter()
     model.eval()
     rows = encode_rows(model, tokenizer, examples, settings)
-    targets = teacher_targets(model, rows, settings, _pad_id(tokenizer)) if settings.distills else None
+    targets = teacher_targets(model, rows, settings, pad_id(tokenizer)) if settings.distills else None
     return Prepared(rows, targets, time.perf_counter() - started)
-
-
-def _pad_id(tokenizer) -> int:
-    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
 
 def recalibrate(
@@ -260,7 +243,7 @@ def recalibrate(
     params = trainable_lora(model)
     device = next(model.parameters()).device
     check_precision(settings.precision, device.type)
-    pad = _pad_id(tokenizer)
+    pad = pad_id(tokenizer)
     started = time.perf_counter()
     # Dropout off throughout: the chip is tuned for the deterministic model that is then
     # scored, and a student with dropout would never match its teacher exactly.

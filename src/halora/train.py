@@ -65,7 +65,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from halora import files
 from halora.cim import Chip, Placement
 from halora.distill import kl_full
-from halora.encoding import encode_pair
+from halora.encoding import labelled_pair
 from halora.errors import UsageError
 from halora.lora import (
     REDUCTIONS,
@@ -251,14 +251,13 @@ class PairDataset(Dataset):
             raise UsageError("no training examples: check --tasks and --train-n")
         self.items = []
         for example in examples:
-            encoded = encode_pair(tokenizer, example.prompt, example.answer, max_length)
-            labels = list(encoded.input_ids)
-            if not train_on_inputs:
-                labels[: encoded.answer_start] = [-100] * encoded.answer_start
+            ids, labels = labelled_pair(
+                tokenizer, example.prompt, example.answer, max_length, train_on_inputs
+            )
             self.items.append(
                 {
-                    "input_ids": encoded.input_ids,
-                    "attention_mask": [1] * len(encoded.input_ids),
+                    "input_ids": ids,
+                    "attention_mask": [1] * len(ids),
                     "labels": labels,
                 }
             )
@@ -719,7 +718,7 @@ def _start_log(out: Path, checkpoint: str | None, record: dict) -> None:
 def _checkpoint_step(checkpoint: Path) -> int:
     """The global step a checkpoint holds (trainer_state.json; its folder name as fallback)."""
     try:
-        return int(json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))["global_step"])
+        return int(json.loads((checkpoint / TRAINER_STATE).read_text(encoding="utf-8"))["global_step"])
     except (OSError, ValueError, KeyError, TypeError):
         return int(checkpoint.name.rsplit("-", 1)[-1])
 

@@ -103,10 +103,8 @@ def _recalibrate(
     log: Log,
 ) -> dict:
     """Each kept arm's seed-0 adapter tuned to every test chip of the recalibration levels."""
-    from halora.lora import load_trainable
-    from halora.models import load_model
     from halora.noise import GAUSSIAN_TEMPLATE
-    from halora.recal_sweep import RecalPlan, RecalRunner, run_recalibration
+    from halora.recal_sweep import RecalPlan, recalibrate_sources
     from halora.recalibrate import RecalSettings
     from halora.study.report import recalibration_table
 
@@ -121,12 +119,10 @@ def _recalibrate(
         max_length=study.base.get("max_length", 96),
     )  # fmt: skip
     evaluation = EvalSettings(items=study.test_items, eval_batch_size=32, scorer="loglik")
-    model, tokenizer = load_model(study.model)
-    model = load_trainable(model, sources[0][1])
-    runner = RecalRunner(model, tokenizer, tasks, evaluation, out / "recal")
     specs = tuple(GAUSSIAN_TEMPLATE.format(sigma=sigma) for sigma in sigmas)
     seeds = ChipGrid(chips=study.test_chips).seeds
-    records = run_recalibration(runner, RecalPlan(sources, specs, seeds, settings, evaluation), log)
+    plan = RecalPlan(sources, specs, seeds, settings, evaluation)
+    records = recalibrate_sources(study.model, tasks, plan, out / "recal", log)
     baseline = f"{chosen[study.baseline]}@0"
     return recalibration_table(records, [label for label, _ in sources], baseline, study.bootstrap)
 
