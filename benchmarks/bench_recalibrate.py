@@ -85,6 +85,21 @@ def losses_grid(bench: Bench, args) -> None:
             runner.score(f"{label}+recal-{loss}", spec, seed, tuned, tuned_on=seed)
 
 
+def lrs_grid(bench: Bench, args) -> None:
+    """Each learning rate with the chosen loss, first source and sigma: the selection of lr."""
+    spec = GAUSSIAN_TEMPLATE.format(sigma=args.sigmas[0])
+    label = next(iter(bench.sources))
+    source, runner = bench.source(label), bench.runner
+    runner.score(label, CLEAN, 0, source)
+    for seed in bench.seeds:
+        runner.score(label, spec, seed, source)
+        for lr in args.lrs:
+            settings = settings_from(args, lr=lr)
+            key = f"{label}|{args.loss}|lr{lr:g}|{spec}|{seed}"
+            tuned = runner.tuned(source, key, spec, seed, settings, log=log, teacher=label)
+            runner.score(f"{label}+recal-{args.loss}-lr{lr:g}", spec, seed, tuned, tuned_on=seed)
+
+
 def curves_grid(bench: Bench, args) -> None:
     """Recovery against calibration steps (snapshots of one run) and items, first source."""
     spec = GAUSSIAN_TEMPLATE.format(sigma=args.sigmas[0])
@@ -131,6 +146,9 @@ def summarise(bench: Bench, args) -> dict:
     return summary
 
 
+GRIDS = {"main": main_grid, "losses": losses_grid, "lrs": lrs_grid, "curves": curves_grid}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -147,14 +165,15 @@ def main() -> None:
     parser.add_argument("--calib-n", type=int, default=128)
     parser.add_argument("--loss", default="both", choices=("task", "distill", "both"))
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--grid", default="main", choices=("main", "losses", "curves"))
+    parser.add_argument("--grid", default="main", choices=tuple(GRIDS))
     parser.add_argument("--curve-steps", type=int, nargs="+", default=[5, 10, 20, 50])
     parser.add_argument("--curve-items", type=int, nargs="+", default=[32, 512])
+    parser.add_argument("--lrs", type=float, nargs="+", default=[1e-3, 3e-3, 1e-2])
     parser.add_argument("--threads", type=int, default=0)
     args = parser.parse_args()
     set_threads(args.threads)
     bench = Bench(args)
-    {"main": main_grid, "losses": losses_grid, "curves": curves_grid}[args.grid](bench, args)
+    GRIDS[args.grid](bench, args)
     emit(NAME + ("" if args.grid == "main" else f"_{args.grid}"), {
         "settings": vars(args), "environment": environment(), **summarise(bench, args)})  # fmt: skip
 
