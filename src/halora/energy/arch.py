@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +13,9 @@ MODELS = Path(__file__).resolve().parent.parent / "presets" / "models"
 # Same as halora.lora.PAPER_TARGETS, not imported: the energy model stays free of torch.
 PAPER_TARGETS = ("q_proj", "k_proj", "v_proj", "up_proj", "down_proj")
 LAYOUTS = ("paper", "exact")
+# The models whose energy the HaLoRA paper reports (Table 6 / Fig. 7): counted its way by
+# default (workload.layout "auto"), so that its figures stay reproduced.
+PAPER_MODELS = ("llama-3.2-1b", "llama-3.2-3b")
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,13 @@ class Arch:
 
 def bundled_models() -> list[str]:
     return sorted(path.stem for path in MODELS.glob("*.json"))
+
+
+def is_paper_model(arch: Arch) -> bool:
+    """Is `arch` one of PAPER_MODELS? Compared by shape, not name: a downloaded config of
+    the same model (Llama-3.2-1B, its Instruct variant) counts too."""
+    shape = replace(arch, name="")
+    return any(shape == replace(load_arch(name), name="") for name in PAPER_MODELS)
 
 
 def load_arch(name_or_path: str | Path) -> Arch:

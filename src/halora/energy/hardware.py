@@ -9,15 +9,21 @@ Files are read and values typed by halora.settings (read_toml, coerce). Its mess
 name a field as "what field"; the preset's keys are nested, so each value is coerced
 here under its dotted key, the one --set takes (rram.adc_bits), and every message
 names the preset and that key.
+
+Two settings come from the accuracy side, so that accuracy and energy describe one chip:
+`with_converters` takes the DAC/ADC resolution and the rows per ADC conversion from the
+`Converters` the analog forward uses (halora.converters), and `noise_cells_per_weight`
+reads how many RRAM devices a noise model's mapping puts on each weight.
 """
 
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from halora.converters import Converters
 from halora.energy.arch import LAYOUTS
 from halora.errors import UsageError
 from halora.settings import coerce, hints, read_toml
@@ -27,6 +33,10 @@ PRESET_FILE = "preset file"
 DEFAULT_PRESET = "paper"
 GPU_PRECISIONS = ("int8", "bf16")
 EXTEND_HINT = 'start the file with extends = "paper"'
+# workload.layout: a counting (arch.LAYOUTS), or "auto": the paper's count for the paper's
+# models, the real architecture for every other (model.resolve_workload).
+AUTO_LAYOUT = "auto"
+WORKLOAD_LAYOUTS = (AUTO_LAYOUT, *LAYOUTS)
 
 # FP16 operations per element in the digital unit: (exp, add, multiply).
 DIGITAL_RECIPES = {
@@ -51,8 +61,9 @@ class WorkloadRules:
 
 @dataclass(frozen=True)
 class RramTile:
-    tile_rows: int
+    tile_rows: int  # also the rows summed per ADC conversion (Converters.rows)
     tile_cols: int
+    cells_per_weight: int  # RRAM devices per weight: 1 (paper), 2 for a differential pair
     cell_read_fj: float
     dac_pj: float
     adc_bits: int
@@ -70,10 +81,13 @@ class RramTile:
 
     @property
     def tile_area_um2(self) -> float:
+        """A tile of tile_rows × tile_cols weights, each on `cells_per_weight` devices; the
+        devices of a weight share its row DAC and column ADC (a differential pair is read
+        as one current difference), so only the cell area grows with them."""
         # The preset's ADC area is for 8 bits; a SAR ADC's capacitor array doubles per bit.
         adc_um2 = self.adc_area_um2 * 2 ** (self.adc_bits - 8)
         return (
-            self.tile_rows * self.tile_cols * self.cell_area_um2
+            self.tile_rows * self.tile_cols * self.cells_per_weight * self.cell_area_um2
             + self.adcs_per_tile * adc_um2
             + self.tile_rows * self.dac_area_um2
         )
@@ -107,6 +121,9 @@ class Movement:
 class GpuRules:
     reference: str
     precision: str
+    # Power, as a fraction of TDP, while HBM streams at full bandwidth and the compute units
+    # idle: a step draws TDP × max(compute time, fraction × memory time) / its time.
+    memory_power_fraction: float
 
 
 @dataclass(frozen=True)
@@ -175,6 +192,56 @@ def parse_override(text: str) -> tuple[str, Any]:
     if not sep or not key:
         raise UsageError(f"--set {text!r} is not KEY=VALUE: write e.g. --set rram.adc_bits=10")
     return key, _typed(key, _from_text(raw, _field_type(key)), "--set")
+
+
+# ------------------------------------------------------ settings shared with accuracy
+
+
+def converters_of(hw: Hardware) -> Converters:
+    """The converter settings `hw` charges, as the analog forward reads them. adc_range and
+    out_noise keep their defaults: they change accuracy, not energy (an ADC's conversion
+    energy depends on its resolution, Walden's figure of merit × 2^bits, not its range)."""
+    return Converters(dac_bits=hw.workload.activation_bits, adc_bits=hw.rram.adc_bits, rows=hw.rram.tile_rows)
+
+
+def with_converters(hw: Hardware, converters: Converters) -> Hardware:
+    """`hw` charging the converters of the analog forward:
+    dac_bits -> workload.activation_bits (the bits of every activation the chip moves, writes
+        into the key/value SRAM and feeds a DAC; the DAC's energy per conversion stays the
+        preset's flat rram.dac_pj, see presets/energy/paper.toml),
+    adc_bits -> rram.adc_bits (Walden: conversion energy × 2 per extra bit),
+    rows     -> rram.tile_rows (inputs summed per ADC conversion: a matrix of R rows needs
+        ceil(R / rows) conversions per column and token)."""
+    return replace(
+        hw,
+        workload=replace(hw.workload, activation_bits=converters.dac_bits),
+        rram=replace(hw.rram, adc_bits=converters.adc_bits, tile_rows=converters.rows),
+    )
+
+
+def with_cells_per_weight(hw: Hardware, cells: int) -> Hardware:
+    """`hw` with `cells` RRAM devices per weight (array energy and cell area scale with it)."""
+    if isinstance(cells, bool) or not isinstance(cells, int) or cells < 1:
+        raise UsageError(f"cells per weight must be an integer >= 1, got {cells!r}")
+    return replace(hw, rram=replace(hw.rram, cells_per_weight=cells))
+
+
+def noise_cells_per_weight(spec: str) -> int | None:
+    """RRAM devices per weight that the noise model `spec` assumes: its mapping's
+    `cells_per_weight` (a differential pair: 2; a single device: 1); for a chain, the most
+    any part needs. None when no part has a device mapping: gaussian, read, multiplicative
+    and lognormal noise are per-weight abstractions (sigma in % of the tile's g_max) that
+    say nothing of how a weight is stored, so the preset's count holds (paper: one 8-bit
+    weight per 1T1R cell). Imports the noise models (and torch) only when called."""
+    from halora.noise import parse_noise_spec
+
+    model = parse_noise_spec(spec)
+    counts = [
+        getattr(getattr(part, "mapping", None), "cells_per_weight", None)
+        for part in getattr(model, "models", (model,))
+    ]
+    known = [count for count in counts if count is not None]
+    return max(known) if known else None
 
 
 # --------------------------------------------------------------------- reading tables
@@ -311,9 +378,15 @@ def _section(cls: type, table: Any, name: str, source: str) -> Any:
 
 def _validate(hw: Hardware, source: str) -> Hardware:
     """What the types cannot say: known names, and no figure out of range."""
-    if hw.workload.layout not in LAYOUTS:
+    if hw.workload.layout not in WORKLOAD_LAYOUTS:
         raise UsageError(
-            f"{source}: workload.layout {hw.workload.layout!r} is unknown: use one of {', '.join(LAYOUTS)}"
+            f"{source}: workload.layout {hw.workload.layout!r} is unknown: "
+            f"use one of {', '.join(WORKLOAD_LAYOUTS)}"
+        )
+    if hw.gpu.memory_power_fraction > 1:
+        raise UsageError(
+            f"{source}: gpu.memory_power_fraction = {hw.gpu.memory_power_fraction} is above 1: "
+            "give the fraction of TDP drawn while memory-bound, from 0 to 1"
         )
     if hw.gpu.precision not in GPU_PRECISIONS:
         raise UsageError(

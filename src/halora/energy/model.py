@@ -1,19 +1,35 @@
 """Pricing a run: the work it does, each design's energy ledger and area, the GPUs' energy.
 
-`count_work` counts what a run computes; every design (hybrid, rram_only, sram_only; see
-halora.energy) prices those counts as a ledger of `Cost(layer_type, component, pj)`;
-`estimate` puts the ledgers, the areas and the GPU energies into an EnergyReport.
+`resolve_workload` settles how a model's work is counted (the paper's convention or its
+real shapes); `count_work` counts what a run computes; every design (hybrid, rram_only,
+sram_only; see halora.energy) prices those counts as a ledger of
+`Cost(layer_type, component, pj)`; `estimate` puts the ledgers, the areas and the GPU
+energies into an EnergyReport.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-from halora.energy.arch import PAPER_TARGETS, Arch, Matrix, block_matrices, lora_matrices
-from halora.energy.hardware import Gpu, Hardware, RramTile, WorkloadRules
+from halora.energy.arch import (
+    PAPER_TARGETS,
+    Arch,
+    Matrix,
+    block_matrices,
+    is_paper_model,
+    lora_matrices,
+)
+from halora.energy.hardware import (
+    AUTO_LAYOUT,
+    Gpu,
+    GpuRules,
+    Hardware,
+    RramTile,
+    WorkloadRules,
+)
 from halora.energy.report import PJ_PER_MJ, EnergyReport
 from halora.errors import UsageError
 
@@ -73,7 +89,41 @@ class Work:
         return self.run.tokens
 
 
+def resolve_workload(arch: Arch, rules: WorkloadRules) -> WorkloadRules:
+    """The counting used for `arch`. Layout "auto" is the paper's count, as the preset sets
+    it, for the paper's models (arch.PAPER_MODELS), and for any other model its real
+    shapes with causal attention (the `exact` preset's count); "paper" and "exact" stay."""
+    if rules.layout != AUTO_LAYOUT:
+        return rules
+    if is_paper_model(arch):
+        return replace(rules, layout="paper")
+    return replace(rules, layout="exact", causal_attention=True)
+
+
+def counting_note(arch: Arch, rules: WorkloadRules, preset_layout: str) -> str:
+    """One line: how the work of `arch` was counted under the resolved `rules`, and what
+    the count leaves out."""
+    if rules.layout == "paper":
+        shapes = "the paper's count, q,k,v,o as h×h and up,down (no grouped KV heads, no gate)"
+    else:
+        shapes = "the real shapes (grouped KV heads, gated MLP)"
+    attention = "causal attention" if rules.causal_attention else "full T×T attention"
+    left_out = ["the embedding lookup"]
+    if not rules.include_lm_head:
+        block = sum(m.weights for m in block_matrices(arch, rules.layout))
+        lm_head = arch.hidden * arch.vocab
+        share = lm_head / block
+        left_out.append(f"lm_head ({lm_head / 1e6:.1f} M weights, {share:.0%} of the counted blocks)")
+    why = ""
+    if preset_layout == AUTO_LAYOUT:
+        whose = "a model the paper reports" if rules.layout == "paper" else "not a model the paper reports"
+        why = f" [auto: {whose}]"
+    return f"{rules.layout}: {shapes}, {attention}; leaves out {' and '.join(left_out)}{why}"
+
+
 def count_work(arch: Arch, rules: WorkloadRules, run: Run, rank: int, targets: tuple[str, ...]) -> Work:
+    """What `run` computes on `arch`, counted by `rules` (resolved: see resolve_workload)."""
+    rules = resolve_workload(arch, rules)
     base = block_matrices(arch, rules.layout, rules.include_lm_head)
     exact = rules.layout == "exact"
     causal = rules.causal_attention or run.phase == "decode"
@@ -101,14 +151,16 @@ class Cost:
 
 
 def _rram_costs(m: Matrix, tokens: int, rram: RramTile) -> list[Cost]:
-    """A matrix on RRAM tiles: every cell takes part in one analog MAC per token; each
-    row input is converted by a DAC in every column of tiles, each column output by an
-    ADC in every row of tiles, and the row-tiles' partial sums are added digitally."""
+    """A matrix on RRAM tiles: every cell (cells_per_weight per weight) takes part in one
+    analog MAC per token; each row input is converted by a DAC in every column of tiles,
+    each column output by an ADC in every row of tiles (tile_rows inputs summed per
+    conversion), and the row-tiles' partial sums are added digitally."""
     reads = tokens * m.copies
     row_tiles, col_tiles = math.ceil(m.rows / rram.tile_rows), math.ceil(m.cols / rram.tile_cols)
     conversions = reads * m.cols * row_tiles
+    cells = m.rows * m.cols * rram.cells_per_weight
     return [
-        Cost(m.name, "rram_array", reads * m.rows * m.cols * rram.cell_read_fj / 1000),
+        Cost(m.name, "rram_array", reads * cells * rram.cell_read_fj / 1000),
         Cost(m.name, "rram_dac", reads * m.rows * col_tiles * rram.dac_pj),
         Cost(m.name, "rram_adc", conversions * rram.adc_pj),
         Cost(m.name, "rram_accumulate", conversions * rram.accumulate_pj),
@@ -193,10 +245,10 @@ def design_area_mm2(design: str, work: Work, hw: Hardware) -> dict[str, float]:
     return {part: um2 / UM2_PER_MM2 for part, um2 in parts.items()}
 
 
-def gpu_energy_j(gpu: Gpu, precision: str, work: Work) -> float:
-    """TDP × time; per step the slower of compute at peak and HBM traffic at bandwidth.
-    A prefill is one step that reads the weights once; a decode step re-reads all weights
-    and the key/value cache so far."""
+def gpu_step_seconds(gpu: Gpu, precision: str, work: Work) -> tuple[np.ndarray, np.ndarray]:
+    """(compute, memory) seconds of every step: its operations at peak, its HBM traffic at
+    full bandwidth. A prefill is one step that reads the weights once; a decode step
+    re-reads all weights and the key/value cache so far."""
     peak_ops = (gpu.int8_tops if precision == "int8" else gpu.bf16_tflops) * 1e12
     bytes_per_value = 1 if precision == "int8" else 2
     weights = sum(m.weights for m in work.base + work.lora)  # one MAC per weight and token
@@ -205,8 +257,22 @@ def gpu_energy_j(gpu: Gpu, precision: str, work: Work) -> float:
     traffic = weights * bytes_per_value
     if work.run.phase == "decode":  # one query per step: its pairs are the cached keys read
         traffic = traffic + 2 * work.kv_dim * work.layers * pairs * bytes_per_value
-    seconds = np.maximum(ops / peak_ops, traffic / (gpu.hbm_tb_s * 1e12))
-    return float(gpu.tdp_w * seconds.sum())
+    return ops / peak_ops, np.broadcast_to(traffic / (gpu.hbm_tb_s * 1e12), pairs.shape)
+
+
+def gpu_seconds(gpu: Gpu, precision: str, work: Work) -> float:
+    """The run's time: per step the slower of compute and memory."""
+    compute, memory = gpu_step_seconds(gpu, precision, work)
+    return float(np.maximum(compute, memory).sum())
+
+
+def gpu_energy_j(gpu: Gpu, rules: GpuRules, work: Work) -> float:
+    """Per step TDP × max(compute time, memory_power_fraction × memory time): a step lasts
+    max(c, m) and draws TDP × max(c/m, fraction) of it when memory-bound (m > c), TDP when
+    compute-bound. So a compute-bound prefill costs TDP × time, as the paper reads it, and
+    a memory-bound decode step between fraction × TDP × m and TDP × m."""
+    compute, memory = gpu_step_seconds(gpu, rules.precision, work)
+    return float(gpu.tdp_w * np.maximum(compute, rules.memory_power_fraction * memory).sum())
 
 
 def estimate(
@@ -221,21 +287,29 @@ def estimate(
     """Energy and area of running `arch` on every design and GPU of `hardware`."""
     _check_request(tokens, lora_rank, lora_targets, phase, prompt)
     run = Run(tokens, phase, prompt)
-    work = count_work(arch, hardware.workload, run, lora_rank, tuple(lora_targets))
+    rules = resolve_workload(arch, hardware.workload)
+    work = count_work(arch, rules, run, lora_rank, tuple(lora_targets))
     ledgers = {design: design_costs(design, work, hardware) for design in DESIGNS}
+    gpu_mj = {name: gpu_energy_j(gpu, hardware.gpu, work) * 1000 for name, gpu in hardware.gpus.items()}
+    seconds = {name: gpu_seconds(gpu, hardware.gpu.precision, work) for name, gpu in hardware.gpus.items()}
     return EnergyReport(
         model=arch.name,
         preset=hardware.name,
-        layout=hardware.workload.layout,
+        layout=rules.layout,
+        counting=counting_note(arch, rules, hardware.workload.layout),
+        cells_per_weight=hardware.rram.cells_per_weight,
+        converters={
+            "dac_bits": hardware.workload.activation_bits,
+            "adc_bits": hardware.rram.adc_bits,
+            "rows": hardware.rram.tile_rows,
+        },
         run=run,
         lora_rank=lora_rank,
         lora_targets=tuple(lora_targets),
         hybrid_costs=tuple(ledgers["hybrid"]),
         design_mj={d: sum(c.pj for c in costs) / PJ_PER_MJ for d, costs in ledgers.items()},
-        gpu_mj={
-            name: gpu_energy_j(gpu, hardware.gpu.precision, work) * 1000
-            for name, gpu in hardware.gpus.items()
-        },
+        gpu_mj=gpu_mj,
+        gpu_power_w={name: gpu_mj[name] / 1000 / seconds[name] for name in gpu_mj},
         gpu_reference=hardware.gpu.reference,
         area_mm2={design: design_area_mm2(design, work, hardware) for design in DESIGNS},
     )

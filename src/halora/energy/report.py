@@ -23,13 +23,17 @@ class EnergyReport:
 
     model: str
     preset: str
-    layout: str
+    layout: str  # the counting used: "paper" or "exact" (see model.resolve_workload)
+    counting: str  # that counting in words, and what it leaves out
+    cells_per_weight: int  # RRAM devices per weight charged
+    converters: dict[str, int]  # dac_bits, adc_bits, rows (summed per ADC conversion)
     run: Run
     lora_rank: int
     lora_targets: tuple[str, ...]
     hybrid_costs: tuple[Cost, ...]
     design_mj: dict[str, float]
     gpu_mj: dict[str, float]
+    gpu_power_w: dict[str, float]  # average power over the run (energy / time)
     gpu_reference: str
     area_mm2: dict[str, dict[str, float]]  # design -> part -> mm²
 
@@ -73,6 +77,9 @@ class EnergyReport:
                 "model": self.model,
                 "preset": self.preset,
                 "layout": self.layout,
+                "counting": self.counting,
+                "cells_per_weight": self.cells_per_weight,
+                "converters": self.converters,
                 "phase": self.run.phase,
                 "tokens": tokens,
                 "prompt": self.run.prompt,
@@ -85,6 +92,7 @@ class EnergyReport:
                 "rram_only_mj": self.design_mj["rram_only"],
                 "sram_only_mj": self.design_mj["sram_only"],
                 "gpus_mj": self.gpu_mj,
+                "gpu_power_w": self.gpu_power_w,
                 "breakdown": self.breakdown(),
                 "by_layer_type": self.by_layer_type(),
                 "lora_share": self.lora_share,

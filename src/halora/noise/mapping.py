@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -285,6 +285,9 @@ class DifferentialPair(_TileMapping):
     active device to ``gmax``. IBM aihwkit's SinglePairConductanceConverter, per tile.
     """
 
+    cells_per_weight: ClassVar[int] = 2
+    """RRAM devices per weight (the energy model charges array energy and area per device)."""
+
     def to_conductance(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, TileScale]:
         """``(g+, g-, scale)`` in µS for the float32 matrix ``w``; ``scale`` maps them back."""
         scale = self._scale(w, self.gmax - self.gmin)
@@ -307,6 +310,9 @@ class SingleDevice(_TileMapping):
     sits wherever the tile's range puts it); symmetric keeps ``W = 0`` at mid-range and uses
     the per-tile max of every other model.
     """
+
+    cells_per_weight: ClassVar[int] = 1
+    """RRAM devices per weight (the energy model charges array energy and area per device)."""
 
     @property
     def mid(self) -> float:
