@@ -43,6 +43,7 @@ EXAMPLES = {
     "wan2022": "wan2022:t=2d,tile=64,gmax=40",
     "cmo": "cmo:t=86400,accept=0.2,tile=64,gmin=9,gmax=88.2",
     "cmo_read": "cmo_read:t=1e+03,tile=32",
+    "pcm": "pcm:t=1d,tile=32",
     "read": "read:sigma=0.01,scale=channel",
 }
 DETERMINISTIC = {"none", "quant"}

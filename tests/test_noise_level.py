@@ -39,6 +39,7 @@ LEVELS = {
     "wan2022": ("wan2022:t=1d", None, "wan2022:t=86400,tile=64,gmax=40,strength=0.5"),
     "cmo": ("cmo:t=1d,accept=0.2", None, "cmo:t=86400,accept=0.2,tile=64,gmin=9,gmax=88.2,strength=0.5"),
     "cmo_read": ("cmo_read:t=1", None, "cmo_read:t=1,tile=64,gmin=9,gmax=88.2,strength=0.5"),
+    "pcm": ("pcm:t=1d", None, "pcm:t=86400,prog=1,drift=1,read=1,tile=64,strength=0.5"),
 }
 SCALABLE = sorted(name for name, (_, _, half) in LEVELS.items() if half is not None)
 

@@ -22,10 +22,16 @@ memory for accelerator weights, in an unlinked temporary file for CPU weights. O
 `store="device"` keeps the clean copy beside the weights (one more copy of the RRAM
 weights in memory), for `Chip.clean_view`: distillation reads the clean and the
 programmed model at every step.
+
+Drift compensation (`compensate=True`, after IBM aihwkit's GlobalDriftCompensation): the
+periphery of each RRAM layer measures, once, how much its output has shrunk or grown since
+programming and scales the layer's digital output back by one factor alpha. See
+`global_drift_alpha` and `Chip`.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import tempfile
@@ -38,7 +44,7 @@ import torch
 from torch import nn
 
 from halora.errors import UsageError
-from halora.noise import NoiseModel, parse_noise_spec, split_noise
+from halora.noise import NoiseModel, parse_noise_spec, reference_model, retime, split_noise
 from halora.seeds import derive_seed
 from halora.settings import check, setting
 
@@ -49,6 +55,10 @@ _IN_BLOCK = re.compile(r"\.\d+\.")  # a module inside a ModuleList of blocks: ".
 _PEFT_PREFIX = "base_model.model."
 
 Store = Literal["auto", "host", "disk", "device"]
+
+CLEAN_REFERENCE = "clean"
+"""``compensate_ref`` value that calibrates against the clean weights (aihwkit's
+GlobalDriftCompensationWithExactReference) instead of the chip right after programming."""
 
 
 @dataclass(frozen=True)
@@ -285,12 +295,45 @@ def _raw_bytes(tensor: torch.Tensor) -> memoryview:
     return memoryview(tensor.view(-1).view(torch.uint8).numpy())
 
 
+def global_drift_alpha(reference: torch.Tensor, current: torch.Tensor) -> float:
+    """One output scale for a layer: ``alpha = |W_ref X|_1 / |W_t X|_1 = sum|W_ref| / sum|W_t|``.
+
+    ``X`` is the calibration input: the one-hot vectors ``e_1 .. e_n`` (the identity), the
+    readout tensor of aihwkit's GlobalDriftCompensation (``eye(in_size)``; its readout is the
+    mean of ``|W X|``, and the means' ratio is this one). One-hot inputs read every weight once
+    and cannot cancel, unlike an all-ones input whose row sums of signed weights can be near 0.
+    Sums in float64. Returns 1 when the current readout is 0 (an all-zero layer: nothing to scale).
+    """
+    current_sum = current.detach().double().abs().sum().item()
+    reference_sum = reference.detach().double().abs().sum().item()
+    if current_sum == 0 or not math.isfinite(current_sum) or not math.isfinite(reference_sum):
+        return 1.0
+    return reference_sum / current_sum
+
+
 class Chip:
     """One programmed chip: a noise model written into a model's RRAM-placed weights.
 
     Use `program_chip(...)` as a context manager, or call `restore()` yourself.
     `reprogram(seed)` draws a new chip from the same clean weights (training re-draws
     the noise every K steps this way) without stashing them again.
+
+    `compensate=True` adds global drift compensation (aihwkit's GlobalDriftCompensation, one
+    scale per layer rather than per 512x512 analog tile): after programming a layer at its
+    time t, the same chip (same seed, same draws) is programmed at the reference time and
+    `alpha = sum|W_ref| / sum|W_t|` (`global_drift_alpha`, calibration input the one-hot
+    vectors) is measured once; the programmed weight is multiplied by alpha, which is what
+    scaling the layer's digital output does. The reference (`compensate_ref`): None, the chip
+    right after programming (each time-dependent part at its reference time: wan2022 1 s,
+    cmo 0, pcm t0 = 20 s; see `halora.noise.reference_model`), as aihwkit reads its baseline
+    right after programming; a time (seconds or `1h`) for that time instead; or "clean" for the
+    clean weights (aihwkit's GlobalDriftCompensationWithExactReference). A model that is its
+    own reference (no time-dependent part, or already at its reference time) gets alpha = 1
+    without a second draw. The readout is noiseless: read noise, if any, is applied afterwards
+    at every pass to the compensated weights (for the tile-scaled read models that is the same
+    as scaling the noisy output by alpha, since their noise is relative to the tile's max).
+    `alphas` holds the factor per layer and `compensation_json()` a summary. `restore()`
+    still gives the clean weights bit for bit (they come from the stash).
     """
 
     def __init__(
@@ -300,10 +343,15 @@ class Chip:
         seed: int,
         placement: Placement = Placement(),
         store: Store = "auto",
+        *,
+        compensate: bool = False,
+        compensate_ref: float | str | None = None,
     ) -> None:
         self.model = model
-        self.noise = parse_noise_spec(noise) if isinstance(noise, str) else noise
-        self.programming, self.read = split_noise(self.noise)
+        self.compensate = compensate
+        self.compensate_ref = compensate_ref
+        self.alphas: dict[str, float] = {}
+        self._set_noise(noise)
         self.placement = placement
         self.layers = rram_layers(model, placement)
         self.seed = seed
@@ -313,6 +361,43 @@ class Chip:
         self._store = store
         self._program_all(seed, first=True)
         self._install_read_noise()
+
+    def _set_noise(self, noise: NoiseModel | str) -> None:
+        """The noise model, its programming and read parts, and the compensation reference."""
+        self.noise = parse_noise_spec(noise) if isinstance(noise, str) else noise
+        self.programming, self.read = split_noise(self.noise)
+        self._reference = self._compensation_reference()
+
+    def _compensation_reference(self) -> NoiseModel | str | None:
+        """What `compensate` calibrates against: a programming model, "clean", or None (off)."""
+        if not self.compensate or self.programming is None:
+            return None
+        ref = self.compensate_ref
+        if isinstance(ref, str) and ref.strip().lower() == CLEAN_REFERENCE:
+            return CLEAN_REFERENCE
+        if ref is None:
+            return reference_model(self.programming)
+        return retime(self.programming, ref)
+
+    def compensation_json(self) -> dict | None:
+        """What drift compensation did, for a results file: None when it is off.
+
+        ``reference`` is the spec (or "clean") calibrated against, ``alpha`` the factor per
+        layer (canonical names) and ``alpha_mean``/``alpha_min``/``alpha_max`` their summary.
+        """
+        if not self.compensate:
+            return None
+        values = list(self.alphas.values())
+        reference = self._reference
+        return {
+            "compensate": True,
+            "reference": reference.spec() if isinstance(reference, NoiseModel) else reference,
+            "calibration_input": "one-hot (identity)",
+            "alpha_mean": sum(values) / len(values) if values else None,
+            "alpha_min": min(values) if values else None,
+            "alpha_max": max(values) if values else None,
+            "alpha": dict(self.alphas),
+        }
 
     @property
     def programmed(self) -> bool:
@@ -324,8 +409,7 @@ class Chip:
         if not self.programmed:
             raise RuntimeError("this chip was restored; program a new one")
         if noise is not None:
-            self.noise = parse_noise_spec(noise) if isinstance(noise, str) else noise
-            self.programming, self.read = split_noise(self.noise)
+            self._set_noise(noise)
         self._remove_read_noise()
         self.seed = seed
         self._program_all(seed, first=False)
@@ -368,6 +452,7 @@ class Chip:
         if first:
             self._untie_lm_head_if_placed()
             self._stash = self._make_stash()
+        self.alphas = {}
         for name, layer in self.layers.items():
             weight = layer.weight
             if first:
@@ -376,7 +461,26 @@ class Chip:
                 self._stash.restore_into(name, weight)
             if self.programming is not None:
                 generator = layer_generator(seed, name)
-                weight.copy_(_as_linear_layout(layer, self.programming.apply, weight, generator))
+                programmed = _as_linear_layout(layer, self.programming.apply, weight, generator)
+                if self._reference is not None:
+                    programmed = self._compensated(layer, name, seed, programmed)
+                weight.copy_(programmed)
+
+    def _compensated(self, layer: nn.Module, name: str, seed: int, programmed: torch.Tensor) -> torch.Tensor:
+        """``programmed`` times the layer's alpha (recorded in `alphas`); the layer still holds
+        the clean weight, from which the reference is drawn with the same generator seed."""
+        reference = self._reference
+        if reference == self.programming:
+            self.alphas[name] = 1.0  # its own reference: alpha is 1 by construction
+            return programmed
+        if reference == CLEAN_REFERENCE:
+            ref_weight = layer.weight
+        else:
+            generator = layer_generator(seed, name)  # the same chip: same seed, same draws
+            ref_weight = _as_linear_layout(layer, reference.apply, layer.weight, generator)
+        alpha = global_drift_alpha(ref_weight, programmed)
+        self.alphas[name] = alpha
+        return (programmed.float() * alpha).to(programmed.dtype)
 
     def _make_stash(self):
         devices = {layer.weight.device.type for layer in self.layers.values()}
@@ -486,13 +590,20 @@ def program_chip(
     seed: int,
     placement: Placement = Placement(),
     store: Store = "auto",
+    *,
+    compensate: bool = False,
+    compensate_ref: float | str | None = None,
 ) -> Iterator[Chip]:
     """Program one chip for the duration of a with-block; the clean model comes back after.
 
+    ``compensate`` and ``compensate_ref``: global drift compensation, as in `Chip`.
+
     >>> with program_chip(model, "gaussian:sigma=0.02", seed=0):
     ...     evaluate(model)
+    >>> with program_chip(model, "pcm:t=1mo", seed=0, compensate=True) as chip:
+    ...     evaluate(model), chip.compensation_json()["alpha_mean"]
     """
-    chip = Chip(model, noise, seed, placement, store)
+    chip = Chip(model, noise, seed, placement, store, compensate=compensate, compensate_ref=compensate_ref)
     try:
         yield chip
     finally:

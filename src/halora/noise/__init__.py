@@ -18,8 +18,11 @@ Modules:
   matrix: ``tile=512,split=even`` is aihwkit's default tiling);
 * :mod:`~halora.noise.weight`: Gaussian, read, multiplicative and lognormal noise;
 * :mod:`~halora.noise.faults`: stuck-at faults and quantization;
-* :mod:`~halora.noise.devices`: the published device fits (Wan 2022, IBM CMO/HfOx);
-* :mod:`~halora.noise.spec`: spec strings.
+* :mod:`~halora.noise.devices`: the published RRAM device fits (Wan 2022, IBM CMO/HfOx);
+* :mod:`~halora.noise.pcm`: IBM's phase-change-memory model (power-law drift), to compare with;
+* :mod:`~halora.noise.spec`: spec strings;
+* :mod:`~halora.noise.ageing`: time after programming: :func:`at_time` re-times a spec, one
+  chip seed ageing through its fits' validity ranges.
 
 Two kinds of model (:attr:`NoiseModel.per_read`): programming noise is drawn once per
 chip (each programmed chip is one draw); read noise is drawn anew at every forward pass.
@@ -34,21 +37,42 @@ with ``+`` and applied left to right, e.g. ``gaussian:sigma=0.02,scale=tile,tile
 ``none`` (alias ``clean``) is the identity. :meth:`NoiseModel.spec` gives the canonical
 string with every key spelled out; ``parse_noise_spec(m.spec()) == m``.
 
+Time after programming: ``wan2022``, ``cmo``, ``cmo_read`` and ``pcm`` take ``t`` (seconds,
+or ``1s``, ``1h``, ``1d``, ``1w``, ``1mo``, ``1y``); :func:`at_time` / :func:`at_times` re-time a
+spec within each fit's validity (:class:`TimeRange`), and one chip seed at several times is
+one chip ageing (the same draws at every ``t``). :func:`reference_model` is the chip right
+after programming, the reference of drift compensation (:class:`halora.cim.Chip`).
+
 Every model computes in float32 whatever the weight's dtype, takes all randomness from the
 ``torch.Generator`` it is given, returns a new tensor of the weight's shape, dtype and
 device, and never modifies its input. Draws are made on the generator's device and moved
 to the weight's; chips use CPU generators, so a chip seed draws the same noise on any device.
 """
 
-from halora.noise.base import Chain, NoiseModel, NoNoise, split_noise
+from halora.noise.ageing import (
+    TIME_DEPENDENT,
+    at_time,
+    at_times,
+    extrapolations,
+    is_time_dependent,
+    parse_time,
+    parse_times,
+    reference_model,
+    retime,
+)
+from halora.noise.base import Chain, NoiseModel, NoNoise, TimeRange, split_noise
 from halora.noise.devices import (
     CMO_G_RANGE,
     CMO_PROGRAMMING,
     CMO_READ_K,
+    CMO_READ_TIMES,
     CMO_RELAXATION_MEAN,
     CMO_RELAXATION_STD,
     CMO_T_READ,
+    CMO_TIMES,
+    TEN_YEARS,
     WAN2022_COEFFS,
+    WAN2022_TIMES,
     CmoNoise,
     CmoReadNoise,
     Wan2022Noise,
@@ -66,6 +90,17 @@ from halora.noise.mapping import (
     TileScale,
     tile_reference,
 )
+from halora.noise.pcm import (
+    PCM_G_MAX,
+    PCM_NU_MEAN,
+    PCM_NU_STD,
+    PCM_PROG_COEFFS,
+    PCM_Q,
+    PCM_T0,
+    PCM_T_READ,
+    PCM_TIMES,
+    PcmNoise,
+)
 from halora.noise.spec import GAUSSIAN_TEMPLATE, NOISE_MODELS, parse_noise_spec
 from halora.noise.weight import GaussianNoise, LognormalNoise, MultiplicativeNoise, ReadNoise
 
@@ -77,12 +112,25 @@ __all__ = [
     "CMO_G_RANGE",
     "CMO_PROGRAMMING",
     "CMO_READ_K",
+    "CMO_READ_TIMES",
     "CMO_RELAXATION_MEAN",
     "CMO_RELAXATION_STD",
     "CMO_T_READ",
+    "CMO_TIMES",
     "DEFAULT_TILE",
     "NOISE_MODELS",
+    "PCM_G_MAX",
+    "PCM_NU_MEAN",
+    "PCM_NU_STD",
+    "PCM_PROG_COEFFS",
+    "PCM_Q",
+    "PCM_T0",
+    "PCM_TIMES",
+    "PCM_T_READ",
+    "TEN_YEARS",
+    "TIME_DEPENDENT",
     "WAN2022_COEFFS",
+    "WAN2022_TIMES",
     "Chain",
     "CmoNoise",
     "CmoReadNoise",
@@ -92,6 +140,7 @@ __all__ = [
     "MultiplicativeNoise",
     "NoNoise",
     "NoiseModel",
+    "PcmNoise",
     "Quantization",
     "ReadNoise",
     "SingleDevice",
@@ -99,8 +148,17 @@ __all__ = [
     "Tile",
     "TileLayout",
     "TileScale",
+    "TimeRange",
     "Wan2022Noise",
+    "at_time",
+    "at_times",
+    "extrapolations",
+    "is_time_dependent",
     "parse_noise_spec",
+    "parse_time",
+    "parse_times",
+    "reference_model",
+    "retime",
     "split_noise",
     "tile_reference",
 ]

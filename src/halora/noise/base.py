@@ -62,14 +62,29 @@ def parse_int(text: str) -> int:
         raise ValueError("an integer") from None
 
 
-_DURATION_UNITS = {"s": 1.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
+_DURATION_UNITS = {
+    "s": 1.0,
+    "min": 60.0,
+    "h": 3600.0,
+    "d": 86400.0,
+    "w": 7 * 86400.0,
+    "mo": 30 * 86400.0,
+    "y": 365 * 86400.0,
+}
+"""Seconds per unit of :func:`parse_duration`. A month is 30 days and a year 365 days (the
+year of aihwkit's examples, ``3600 * 24 * 365``): round numbers a spec can round-trip."""
+
+_DURATION = re.compile(r"\s*([0-9.eE+-]+)\s*(s|min|h|d|w|mo|y)?\s*")
 
 
 def parse_duration(text: str) -> float:
-    """Seconds, optionally with a unit: ``86400``, ``1d``, ``24h``, ``30min``, ``1s``."""
-    match = re.fullmatch(r"\s*([0-9.eE+-]+)\s*(s|min|h|d)?\s*", text)
+    """Seconds, optionally with a unit: ``86400``, ``1d``, ``24h``, ``30min``, ``1s``, ``1w``,
+    ``1mo`` (30 days), ``1y`` (365 days)."""
+    match = _DURATION.fullmatch(text.lower())
     if match is None:
-        raise ValueError("a time in seconds, optionally with a unit s, min, h or d (e.g. 1d)")
+        raise ValueError(
+            "a time in seconds, optionally with a unit s, min, h, d, w, mo (30 d) or y (365 d), e.g. 1d"
+        )
     value = parse_number(match.group(1))
     return value * _DURATION_UNITS[match.group(2) or "s"]
 
@@ -145,6 +160,62 @@ def rand(weight: torch.Tensor, generator: torch.Generator | None) -> torch.Tenso
 
 
 # --------------------------------------------------------------------------------------
+# Time after programming
+# --------------------------------------------------------------------------------------
+
+
+def format_duration(seconds: float) -> str:
+    """``seconds`` in the largest unit of :func:`parse_duration` that divides it: ``1d``, ``2w``,
+    ``1mo``, ``90s``; for messages (specs keep plain seconds)."""
+    for unit in ("y", "mo", "w", "d", "h", "min"):
+        size = _DURATION_UNITS[unit]
+        if seconds >= size and (seconds / size).is_integer():
+            return f"{int(seconds // size)}{unit}"
+    return f"{format_number(seconds)}s" if seconds else "0"
+
+
+@dataclass(frozen=True)
+class TimeRange:
+    """When (seconds after programming) a time-dependent fit may be evaluated, and on what data.
+
+    A model with a time key ``t`` declares one as its class's :attr:`NoiseModel.time_range`;
+    :func:`halora.noise.ageing.at_time` checks a time against it before re-timing a spec.
+    """
+
+    reference: float
+    """The chip right after programming (the state drift compensation calibrates against)."""
+    low: float
+    """Earliest accepted time (besides ``t = 0`` when :attr:`zero` is set)."""
+    high: float
+    """Latest accepted time."""
+    measured: tuple[float, float]
+    """Times spanned by the data behind the fit; between :attr:`measured` and :attr:`high` the
+    fit is extrapolated (:meth:`extrapolated`)."""
+    source: str
+    """Where the range comes from, for messages and docs."""
+    fitted: tuple[float, ...] = ()
+    """Non-empty: the fit exists at these times only (a separate fit per time)."""
+    zero: bool = False
+    """``t = 0`` (just programmed, no time-dependent part yet) is accepted too."""
+
+    def accepts(self, t: float) -> bool:
+        if self.fitted:
+            return t in self.fitted
+        return (self.zero and t == 0) or self.low <= t <= self.high
+
+    def describe(self) -> str:
+        """The accepted times in words: ``1s, 1d, 2d`` or ``0 or 1s .. 10y``."""
+        if self.fitted:
+            return ", ".join(format_duration(t) for t in self.fitted)
+        span = f"{format_duration(self.low)} .. {format_duration(self.high)}"
+        return f"0 or {span}" if self.zero else span
+
+    def extrapolated(self, t: float) -> bool:
+        """True when ``t`` lies beyond the measured data (accepted, but the fit's extrapolation)."""
+        return t > self.measured[1] or (0 < t < self.measured[0])
+
+
+# --------------------------------------------------------------------------------------
 # Base classes
 # --------------------------------------------------------------------------------------
 
@@ -168,6 +239,9 @@ class NoiseModel(ABC):
     """One line for help text."""
     _KEYS: ClassVar[dict[str, Callable[[str], Any]]] = {}
     _REQUIRE_ONE_OF: ClassVar[tuple[str, ...]] = ()
+    time_range: ClassVar[TimeRange | None] = None
+    """Set on models with a time key ``t`` (seconds after programming): the times their fit
+    covers. :mod:`halora.noise.ageing` re-times a spec through it."""
 
     _QUIET_DEFAULTS: ClassVar[dict[str, Any]] = {"split": "fixed"}
     """Keys left out of :meth:`spec` at these values: keys added after specs were recorded,

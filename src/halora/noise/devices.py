@@ -20,6 +20,7 @@ from halora.errors import UsageError
 from halora.noise.base import (
     Float32Model,
     NoiseModel,
+    TimeRange,
     check_strength,
     choice,
     format_number,
@@ -54,6 +55,26 @@ on resistive random-access memory", Nature 608, 2022 (NeuRRAM), as fitted to its
 figures in IBM aihwkit's ReRamWan2022NoiseModel (g_max = 40 µS)."""
 
 _WAN_TIME_NAMES = {1.0: "1s", 86400.0: "1d", 172800.0: "2d"}
+
+YEAR = 365 * 86400.0
+"""A year in seconds, as aihwkit's examples count it (``3600 * 24 * 365``)."""
+
+TEN_YEARS = 10 * YEAR
+"""The latest time any fit here is evaluated at: the 10 years after programming to which
+Falcone et al. (CMO/HfOx) and aihwkit's PCM and ReRAM examples extrapolate their fits, the
+usual retention target of a non-volatile memory."""
+
+WAN2022_TIMES = TimeRange(
+    reference=1.0,
+    low=1.0,
+    high=172800.0,
+    measured=(1.0, 172800.0),
+    fitted=tuple(WAN2022_COEFFS),
+    source="Wan et al., Nature 2022 (NeuRRAM) figures at 1 s, 1 d, 2 d, fitted in aihwkit's "
+    "ReRamWan2022NoiseModel; no fit in between",
+)
+"""Wan 2022 exists at its three fitted times only: a separate polynomial per time, nothing to
+interpolate (aihwkit refuses other times too). The 1 s fit is the chip right after programming."""
 
 
 class _DeviceFit(Float32Model):
@@ -116,6 +137,10 @@ class Wan2022Noise(_DeviceFit):
     (:mod:`~halora.noise.mapping`).
 
     ``strength`` multiplies the std ``sigma(x)`` (aihwkit's ``noise_scale``); see ``_DeviceFit``.
+
+    Ageing (:mod:`~halora.noise.ageing`): one standard normal per device, the same at every
+    ``t`` for a given generator state, scaled by the fit's ``sigma(x)`` at ``t``: the chip at 1 d
+    is the chip at 1 s with each device's deviation rescaled (:data:`WAN2022_TIMES`).
     """
 
     t: float = 1.0
@@ -125,6 +150,7 @@ class Wan2022Noise(_DeviceFit):
     strength: float = 1.0
 
     name: ClassVar[str] = "wan2022"
+    time_range: ClassVar[TimeRange] = WAN2022_TIMES
     usage: ClassVar[str] = "wan2022:t=1|86400|172800 (1s|1d|2d),tile=64,gmax=40,split=fixed,strength=1"
     summary: ClassVar[str] = "NeuRRAM RRAM programming noise fit (Wan 2022, via aihwkit)"
     _KEYS: ClassVar[dict[str, Callable[[str], Any]]] = {
@@ -192,6 +218,36 @@ CMO_READ_K = 0.0277316
 CMO_T_READ = 1e-6
 """Read pulse duration t_read = 1 µs of the CMO read-noise fit (same source)."""
 
+CMO_TIMES = TimeRange(
+    reference=0.0,
+    low=1.0,
+    high=TEN_YEARS,
+    measured=(1.0, 3600.0),
+    zero=True,
+    source="Falcone et al. (arXiv 2502.04524) measured the relaxation from 1 s to 1 h after "
+    "programming and extrapolate the ln t fit to 10 years; aihwkit's CMO examples evaluate "
+    "0 s .. 10 years",
+)
+"""Times of the CMO relaxation fit: ``t = 0`` (just programmed: programming noise alone, the
+reference of drift compensation, as aihwkit's baseline is read right after programming) or
+1 s .. 10 years. The data end at 1 h ("G-state relaxation after 1h" in Falcone et al.'s array
+relaxation figure); later times are the paper's own ln t extrapolation, which it plots out to
+1 d, 1 w and 10 years. The fit is in ln t, so 0 < t < 1 s is refused (the mean shift would
+change sign)."""
+
+CMO_READ_TIMES = TimeRange(
+    reference=1.0,
+    low=1.0,
+    high=TEN_YEARS,
+    measured=(10.0, 10.0),
+    source="Lombardo et al., DRC 2024, as documented by aihwkit: the read-noise fit is shown "
+    "at 10 s after programming; other times follow the 1/f integral",
+)
+"""Times of the CMO read-noise fit on halora's time axis (1 s .. 10 years, as :data:`CMO_TIMES`
+without ``t = 0``, where nothing has been read yet). The constant K was fitted at 10 s; the
+time dependence ``sqrt(ln((t + t_read) / (2 t_read)))`` is the integral of the 1/f spectrum,
+not a fit, so other times are its extrapolation."""
+
 CMO_G_RANGE = (9.0, 88.2)
 """Default (g_min, g_max) in µS: aihwkit's SingleDeviceConductanceConverter defaults
 (9.0, 88.199997 µS), the range its ReRamCMONoiseModel examples use (9.0, 88.19)."""
@@ -216,7 +272,11 @@ class CmoNoise(_DeviceFit):
     * relaxation ``t`` seconds after programming, independent of g:
       ``g2 = g1 - 0.0890021 ln t + (0.0420114 ln t + 0.411833) N2`` µS;
       ``t = 0`` means right after programming (no relaxation). The fit is in ln t, so
-      ``0 < t < 1 s`` is rejected (the fitted mean shift would change sign);
+      ``0 < t < 1 s`` is rejected (the fitted mean shift would change sign). The data behind
+      the fit span 1 s .. 1 h; :func:`~halora.noise.ageing.at_time` accepts up to 10 years,
+      the paper's own extrapolation (:data:`CMO_TIMES`). N1 and N2 are drawn at every ``t``
+      (``t = 0`` too), so one generator state is one chip ageing: the same programming error
+      and the same per-cell relaxation z at every time;
     * clamp to ``[gmin, gmax]``.
 
     Mapping (:attr:`mapping`, a :class:`~halora.noise.mapping.SingleDevice`): one device per
@@ -245,6 +305,7 @@ class CmoNoise(_DeviceFit):
     strength: float = 1.0
 
     name: ClassVar[str] = "cmo"
+    time_range: ClassVar[TimeRange] = CMO_TIMES
     usage: ClassVar[str] = "cmo:t=1,accept=2|0.2,tile=64,gmin=9,gmax=88.2,split=fixed,strength=1"
     summary: ClassVar[str] = "IBM CMO/HfOx RRAM programming noise + relaxation (aihwkit fit)"
     _KEYS: ClassVar[dict[str, Callable[[str], Any]]] = {
@@ -286,10 +347,13 @@ class CmoNoise(_DeviceFit):
         g, tiles = mapping.to_conductance(w)
         c0, c1 = CMO_PROGRAMMING[self.accept]
         g = g + (g * c1 + c0).mul_(self.strength) * randn(w, generator)
+        # Drawn at every t, t = 0 included: each cell keeps one relaxation number N2 at all
+        # times (the same chip ageing), and a chain's later parts see the same draws at any t.
+        relaxation = randn(w, generator)
         if self.t > 0:
             log_t = math.log(self.t)
             sigma = (CMO_RELAXATION_STD[0] * log_t + CMO_RELAXATION_STD[1]) * self.strength
-            g.add_(randn(w, generator).mul_(sigma).add_(CMO_RELAXATION_MEAN * log_t * self.strength))
+            g.add_(relaxation.mul_(sigma).add_(CMO_RELAXATION_MEAN * log_t * self.strength))
         return mapping.to_weight(g.clamp_(self.gmin, self.gmax), tiles)
 
 
@@ -318,6 +382,7 @@ class CmoReadNoise(_DeviceFit):
 
     per_read: ClassVar[bool] = True
     name: ClassVar[str] = "cmo_read"
+    time_range: ClassVar[TimeRange] = CMO_READ_TIMES
     usage: ClassVar[str] = "cmo_read:t=1,tile=64,gmin=9,gmax=88.2,split=fixed,strength=1"
     summary: ClassVar[str] = "IBM CMO/HfOx RRAM read (1/f) noise, per forward pass (per_read)"
     _KEYS: ClassVar[dict[str, Callable[[str], Any]]] = {

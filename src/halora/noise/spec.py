@@ -12,6 +12,7 @@ from halora.errors import UsageError
 from halora.noise.base import Chain, NoiseModel, NoNoise
 from halora.noise.devices import CmoNoise, CmoReadNoise, Wan2022Noise
 from halora.noise.faults import Quantization, StuckAtFaults
+from halora.noise.pcm import PcmNoise
 from halora.noise.weight import GaussianNoise, LognormalNoise, MultiplicativeNoise, ReadNoise
 
 NOISE_MODELS: dict[str, type[NoiseModel]] = {
@@ -26,6 +27,7 @@ NOISE_MODELS: dict[str, type[NoiseModel]] = {
         Wan2022Noise,
         CmoNoise,
         CmoReadNoise,
+        PcmNoise,
         ReadNoise,
     )
 }
