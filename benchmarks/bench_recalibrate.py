@@ -59,7 +59,14 @@ class Bench:
 
 
 def settings_from(args, **overrides) -> RecalSettings:
-    values = dict(steps=args.steps, calib_n=args.calib_n, loss=args.loss, lr=args.lr, max_length=96)
+    values = dict(
+        steps=args.steps,
+        calib_n=args.calib_n,
+        loss=args.loss,
+        lr=args.lr,
+        max_length=96,
+        precision=args.precision,
+    )
     return RecalSettings(**{**values, **overrides})
 
 
@@ -163,12 +170,19 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=16, help="test items per task")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--calib-n", type=int, default=128)
-    parser.add_argument("--loss", default="both", choices=("task", "distill", "both"))
+    # distill won the loss selection on validation chips (bench_recalibrate_losses.json)
+    parser.add_argument("--loss", default="distill", choices=("task", "distill", "both"))
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--grid", default="main", choices=tuple(GRIDS))
     parser.add_argument("--curve-steps", type=int, nargs="+", default=[5, 10, 20, 50])
     parser.add_argument("--curve-items", type=int, nargs="+", default=[32, 512])
     parser.add_argument("--lrs", type=float, nargs="+", default=[1e-3, 3e-3, 1e-2])
+    parser.add_argument(
+        "--precision",
+        default="fp32",
+        choices=("fp32", "bf16"),
+        help="bf16 autocast (a CPU with bf16 units); use its own --out, cells are keyed without it",
+    )
     parser.add_argument("--threads", type=int, default=0)
     args = parser.parse_args()
     set_threads(args.threads)

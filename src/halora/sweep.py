@@ -11,6 +11,11 @@ a rerun with the same --out skips the cached cells, so an interrupted sweep resu
 where it stopped. Under `torchrun` / `accelerate launch` each rank takes every
 world-size-th chip, and the main rank writes the results when all are done.
 
+With `converters` in the plan, every cell is scored inside `halora.analog.analog_forward`
+(DACs and ADCs on the RRAM layers), the clean condition included: it then means exact
+weights through real converters. The converters are written into the manifest and into
+every record, so one folder never mixes two converter settings.
+
 A rank's cache file has one writer at a time: cells-rank{R}.lock (pid and host) keeps a
 second sweep into the same folder out, and a lock left by a killed process is taken over.
 """
@@ -23,7 +28,7 @@ import socket
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import ClassVar
@@ -31,7 +36,9 @@ from typing import ClassVar
 from tqdm.auto import tqdm
 
 from halora import files
+from halora.analog import analog_forward
 from halora.cim import Chip, Placement
+from halora.converters import Converters
 from halora.errors import UsageError
 from halora.evaluate import EvalSettings, evaluate_task
 from halora.noise import GAUSSIAN_TEMPLATE, parse_noise_spec
@@ -125,6 +132,7 @@ class SweepPlan:
     tasks: tuple[str, ...]
     eval: EvalSettings
     model: str
+    converters: Converters | None = None  # set: every cell through the analog forward
 
     def chips(self) -> list[tuple[Condition, int]]:
         """Every chip to program: the clean reference once, each noise condition per seed."""
@@ -135,7 +143,7 @@ class SweepPlan:
         ]
 
     def manifest(self) -> dict:
-        return {
+        manifest = {
             "model": self.model,
             "conditions": [asdict(c) for c in self.conditions],
             "seeds": list(self.seeds),
@@ -143,6 +151,10 @@ class SweepPlan:
             "tasks": list(self.tasks),
             "eval": asdict(self.eval) | {"progress": None},
         }
+        # only when set: a sweep folder written before the analog forward existed resumes
+        if self.converters is not None:
+            manifest["converters"] = asdict(self.converters)
+        return manifest
 
 
 def cell_key(method: str, task: str, spec: str, seed: int) -> str:
@@ -270,6 +282,11 @@ def check_manifest(out: Path, plan: SweepPlan, write: bool = True) -> None:
     wanted = json.loads(json.dumps(plan.manifest()))
     if path.exists():
         found = json.loads(path.read_text(encoding="utf-8"))
+        if found.get("converters") != wanted.get("converters"):
+            raise UsageError(
+                f"{out} holds a sweep with other converters ({_converters_text(found)}, asked: "
+                f"{_converters_text(wanted)}): use a new --out, or the same --analog flags to resume"
+            )
         if found != wanted:
             raise UsageError(
                 f"{out} holds a different sweep ({MANIFEST} differs): "
@@ -277,6 +294,16 @@ def check_manifest(out: Path, plan: SweepPlan, write: bool = True) -> None:
             )
     elif write:
         files.write_json(path, wanted)
+
+
+def _converters_text(manifest: dict) -> str:
+    converters = manifest.get("converters")
+    if converters is None:
+        return "no analog forward"
+    try:
+        return Converters(**converters).describe()
+    except (TypeError, UsageError):  # written by another version
+        return json.dumps(converters)
 
 
 def run_sweep(
@@ -334,24 +361,34 @@ def _run_cells(
                 continue
             chip = _program(chip, model, condition, seed, placement)
             for method, task in todo:
-                with _using_adapter(model, method):
+                with _using_adapter(model, method), _converters(model, plan, placement, seed):
                     score = evaluate_task(model, tokenizer, task, cell_eval, examples[task.name])
-                cache.add(
-                    {
-                        "key": cell_key(method, task.name, condition.spec, seed),
-                        "method": method,
-                        "noise": condition.noise,
-                        "spec": condition.spec,
-                        "sigma": condition.sigma,
-                        "seed": seed,
-                        **score.to_json(),
-                    }
-                )
+                record = {
+                    "key": cell_key(method, task.name, condition.spec, seed),
+                    "method": method,
+                    "noise": condition.noise,
+                    "spec": condition.spec,
+                    "sigma": condition.sigma,
+                    "seed": seed,
+                    **score.to_json(),
+                }
+                if plan.converters is not None:
+                    record["converters"] = asdict(plan.converters)
+                cache.add(record)
                 progress.update(1)
     finally:
         if chip is not None:
             chip.restore()
         progress.close()
+
+
+def _converters(model, plan: SweepPlan, placement: Placement, seed: int) -> AbstractContextManager:
+    """The analog forward for one cell, or nothing. Installed anew per cell with the chip
+    seed, so every cell on a chip starts from the same output-noise draws: adapters are
+    compared under the same converter noise, and a resumed sweep draws what a whole one does."""
+    if plan.converters is None:
+        return nullcontext()
+    return analog_forward(model, plan.converters, placement, seed=seed)
 
 
 def _program(chip: Chip | None, model, condition: Condition, seed: int, placement: Placement) -> Chip:

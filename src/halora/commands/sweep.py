@@ -15,6 +15,7 @@ from halora.commands.common import (
     model_from,
     placement_from,
 )
+from halora.converters import add_converter_flags, converters_from
 from halora.errors import UsageError
 from halora.files import output_folder
 from halora.lora import load_adapters
@@ -66,6 +67,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_flags(parser, ChipGrid, "chips")
     add_eval_flags(parser)
     add_placement_flags(parser)
+    add_converter_flags(parser)
 
 
 def process_share() -> tuple[int, int, int]:
@@ -110,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
     adapters = parse_adapters(args.adapters)
     if not adapters and not args.base:
         raise UsageError("nothing to evaluate: give --adapters LABEL=FOLDER and/or --base")
-    grid, chosen = from_args(args, ChipGrid), model_from(args)
+    grid, chosen, converters = from_args(args, ChipGrid), model_from(args), converters_from(args)
     tasks = load_tasks(args.tasks)
     labels = ((BASE, ""),) if args.base else ()
     plan = SweepPlan(
@@ -120,6 +122,7 @@ def run(args: argparse.Namespace) -> int:
         tasks=tuple(t.name for t in tasks),
         eval=eval_from(args, progress=rank == 0),
         model=chosen.label,
+        converters=converters,
     )
     device = rank_device(chosen.device, world, local_rank)
     model, tokenizer = load_model(chosen.model, dtype=chosen.dtype, device=device)
