@@ -7,7 +7,10 @@
       -> summary table, results.json / CSV / Markdown / plots, and the energy bill.
 
 The demo is a bundled preset of the shared pipeline (halora.pipeline):
-presets/demo/full.toml and quick.toml, whose comments give the budget arithmetic.
+presets/demo/full.toml and quick.toml, whose comments give the budget arithmetic. Two
+options are off in both presets to keep that budget: a time axis (`--times 1s,1d,1w
+--compensate both`: the chips aged after programming, with and without drift compensation)
+and the analog forward (`--analog --adc-bits 8`: DACs and ADCs on the RRAM layers).
 """
 
 from __future__ import annotations
@@ -22,14 +25,15 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 
 from halora import files
+from halora.converters import Converters
 from halora.errors import UsageError
 from halora.evaluate import EvalSettings
 from halora.models import SMOLLM2, model_label
-from halora.pipeline import Arm, Log, score, train_arm, training_examples
+from halora.pipeline import Arm, Log, converters_table, score, train_arm, training_examples
 from halora.recalibrate import LOSSES, RecalSettings
 from halora.report import BASELINE, plot_sweep, recovery_estimate, summary_rows, write_results
-from halora.settings import check, load_toml, setting
-from halora.sweep import ChipGrid
+from halora.settings import build, check, read_toml, setting
+from halora.sweep import COMPENSATE, TIME_NOISE, ChipGrid, check_time_axis
 from halora.tasks import load_tasks
 from halora.train import METHODS, TrainSettings
 
@@ -65,12 +69,23 @@ class DemoSettings:
     recal_steps: int = setting(10, "recalibration steps per chip", min=1)
     recal_calib_n: int = setting(64, "calibration items (train split) per recalibration", min=1)
     recal_loss: str = setting("distill", "recalibration loss: task, distill or both", choices=LOSSES)
+    # The time axis (halora.sweep.ChipGrid): the test chips aged after programming. Off in
+    # the presets: each time adds `chips` chip scorings (twice with compensate = "both").
+    times: tuple[str, ...] = setting((), "times after programming, e.g. 1s,1h,1d,1w,1mo (empty: none)")
+    time_noise: str = setting(TIME_NOISE, "the time-dependent chip spec aged over times")
+    compensate: str = setting(
+        "off", "global drift compensation on the time conditions (both: with and without)", choices=COMPENSATE
+    )
+    # The analog forward (halora.analog): set by --analog and its converter flags, or a
+    # [demo.converters] table; None is the digital forward.
+    converters: Converters | None = setting(None, "DACs and ADCs on the RRAM layers (None: off)", flag=False)
     # The training recipe every method shares (TrainSettings keys); flags of `halora train`
     # such as --steps or --lr override single keys of it.
     base: dict[str, Any] = setting(factory=dict, help="TrainSettings shared by every method", flag=False)
 
     def __post_init__(self) -> None:
         check(self)
+        check_time_axis(self.times, self.time_noise, self.compensate)
         self.recipe("lora")  # a bad base recipe fails now, not after the first training
 
     @property
@@ -84,12 +99,22 @@ class DemoSettings:
 
     @property
     def grid(self) -> ChipGrid:
-        return ChipGrid(sigmas=self.sigmas, extra_noise=(self.saf,) if self.saf else (), chips=self.chips)
+        return ChipGrid(
+            sigmas=self.sigmas,
+            extra_noise=(self.saf,) if self.saf else (),
+            chips=self.chips,
+            times=self.times,
+            time_noise=self.time_noise,
+            compensate=self.compensate,
+        )
 
 
 def load_preset(name: str) -> DemoSettings:
     """A bundled demo preset: full or quick."""
-    return load_toml(PRESETS / f"{name}.toml", DemoSettings, table="demo", what="demo preset")
+    path = PRESETS / f"{name}.toml"
+    table = read_toml(path, "demo preset").get("demo", {})
+    where = f"demo preset {path} [demo]"
+    return build(DemoSettings, converters_table(table, where), where)
 
 
 def run_demo(settings: DemoSettings, out: str | Path, progress: bool = True, log: Log = print) -> dict:
@@ -122,18 +147,25 @@ def run_demo(settings: DemoSettings, out: str | Path, progress: bool = True, log
             _log_measured_speed(time.perf_counter() - began, steps, estimate, log)
     log("sweep: every adapter on the same chips")
     evaluation = EvalSettings(items=settings.items, eval_batch_size=32, progress=progress)
-    records, plan = score(settings.model, tasks, adapters, settings.grid, evaluation, out / "sweep")
+    for note in settings.grid.time_notes():
+        log(f"note: {note}")
+    records, plan = score(
+        settings.model, tasks, adapters, settings.grid, evaluation, out / "sweep", settings.converters
+    )
     if any(method in settings.methods for method in settings.recal_from):
-        records += _recalibrated(settings, tasks, dict(adapters), evaluation, out / "recal", log)
+        if settings.converters is None:
+            records += _recalibrated(settings, tasks, dict(adapters), evaluation, out / "recal", log)
+        else:  # its cells would be digital beside analog ones: one table, one forward
+            log("recalibration skipped: the recalibration sweep has no analog forward yet")
     title = f"halora demo: {plan.model}"
     paths = write_results(out, records, {"title": title, "demo": asdict(settings), **plan.manifest()})
-    plot_sweep(records, out)
+    plots = plot_sweep(records, out)
     summary = _summary(records, settings, time.perf_counter() - started)
     files.write_json(out / "demo.json", summary)
     log(paths["md"].read_text(encoding="utf-8"))
     log(_energy_text(settings))
     log(
-        f"wrote {out}/results.json, results.csv, summary.md, accuracy_vs_sigma.png, per_task.png "
+        f"wrote {out}/results.json, results.csv, summary.md, {', '.join(p.name for p in plots)} "
         f"in {summary['seconds'] / 60:.1f} min"
     )
     return summary
@@ -150,11 +182,14 @@ SECONDS_PER_TEACHER_ITEM = 0.4
 
 
 def estimate_minutes(settings: DemoSettings, n_tasks: int) -> float:
-    chips = 1 + settings.chips * (len(settings.sigmas) + 1)
+    aged = len(settings.times) * (2 if settings.compensate == "both" else 1)
+    chips = 1 + settings.chips * (len(settings.sigmas) + 1 + aged)
     items = chips * len(settings.methods) * n_tasks * settings.items
     steps = settings.recipe("lora").steps
     seconds = steps * len(settings.methods) * SECONDS_PER_STEP + items * SECONDS_PER_ITEM
     sources = sum(1 for method in settings.recal_from if method in settings.methods)
+    if settings.converters is not None:
+        sources = 0  # with the analog forward the demo skips recalibration
     # per source: one tuning per chip and the equal-compute one; each tuned adapter scored
     # on its chip, the equal-compute one on every chip and clean
     tunings = sources * (settings.chips + 1)
@@ -208,10 +243,13 @@ def _summary(records: list[dict], settings: DemoSettings, seconds: float) -> dic
     table = {f"{row['method']}@{row['condition']}": row["tasks"] for row in rows}
     # quote a ratio only where its drop_significant says LoRA lost something measurable
     methods = sorted({row["method"] for row in rows} - {BASELINE})
+    # every sigma, and every time of the time axis (labels as in the table)
+    conditions = [f"sigma={s:g}" for s in settings.sigmas]
+    conditions += list(dict.fromkeys(row["condition"] for row in rows if row.get("t") is not None))
     ratios = {
-        f"{method}@sigma={s:g}": recovery_estimate(records, f"sigma={s:g}", robust=method)
+        f"{method}@{condition}": recovery_estimate(records, condition, robust=method)
         for method in methods
-        for s in settings.sigmas
+        for condition in conditions
     }
     ratios = {key: ratio for key, ratio in ratios.items() if ratio is not None}
     return {"seconds": seconds, "settings": asdict(settings), "table": table, "recovery_ratio": ratios}

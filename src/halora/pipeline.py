@@ -16,9 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from halora.converters import Converters
+from halora.errors import UsageError
 from halora.evaluate import EvalSettings
 from halora.lora import LoraSettings, load_adapters
 from halora.models import load_model, model_label
+from halora.settings import build
 from halora.sweep import ChipGrid, SweepPlan, run_sweep
 from halora.tasks import Example, Task
 from halora.train import TrainSettings, resume_or_clear, train
@@ -91,8 +94,10 @@ def score(
     grid: ChipGrid,
     evaluation: EvalSettings,
     out: Path,
+    converters: Converters | None = None,
 ) -> tuple[list[dict], SweepPlan]:
-    """Every adapter on the same chips of `grid`: the sweep's records and its plan."""
+    """Every adapter on the same chips of `grid`: the sweep's records and its plan; with
+    `converters`, every cell through the analog forward (halora.analog)."""
     model, tokenizer = load_model(model_name)
     model = load_adapters(model, adapters)
     plan = SweepPlan(
@@ -102,5 +107,18 @@ def score(
         tasks=tuple(task.name for task in tasks),
         eval=evaluation,
         model=model_label(model_name),
+        converters=converters,
     )
     return run_sweep(model, tokenizer, tasks, plan, out), plan
+
+
+def converters_table(values: dict[str, Any], where: str) -> dict[str, Any]:
+    """`values` (a [demo] or [study] table) with its `converters` table as Converters: the
+    settings loader types fields one value at a time, and a table of converter keys is not
+    one value. A `[study.converters]` table, even empty, switches the analog forward on."""
+    table = values.get("converters")
+    if table is None or isinstance(table, Converters):
+        return values
+    if not isinstance(table, dict):
+        raise UsageError(f"{where}: converters must be a table of converter settings (adc_bits, ...)")
+    return {**values, "converters": build(Converters, table, f"{where} converters")}

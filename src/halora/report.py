@@ -1,11 +1,15 @@
 """Sweep records -> results.json, CSV, a Markdown summary and plots.
 
-A record is one cell: {method, task, noise, spec, sigma, seed, accuracy, n, items, ...}.
+A record is one cell: {method, task, noise, spec, sigma, seed, t, compensate, accuracy, n,
+items, ...}; on the time axis `t` is the time after programming in seconds and a
+compensated condition's spec ends in "|comp" (halora.sweep).
 Summaries average over chip seeds (mean +/- std) per method, noise condition and task,
 and over tasks for the "average" column (each seed's task average first, then its spread
 over seeds, so the std is the chip-to-chip spread of the average). The average also gets
 a 95 % interval from the hierarchical bootstrap of halora.study.stats (chips, then test
-items; one training seed per method label).
+items; one training seed per method label). A sweep with a time axis also gets
+accuracy_vs_time.png: accuracy against t per method, without (solid) and with (dashed) drift
+compensation.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from halora import files
+from halora.noise.base import format_duration
 from halora.sweep import BASE
 
 AVERAGE = "average"
@@ -28,6 +33,8 @@ CSV_KEYS = (
     "spec",
     "sigma",
     "seed",
+    "t",
+    "compensate",
     "accuracy",
     "acc_norm",
     "n",
@@ -54,9 +61,17 @@ def _order(record: dict) -> tuple:
         record["noise"] != "clean",
         record["noise"],
         record["sigma"] if record["sigma"] is not None else -1,
+        *_time_order(record),
         record["seed"],
         record["task"],
     )
+
+
+def _time_order(record: dict) -> tuple[float, bool]:
+    """Times in time order (not as spec text sorts them), each plain before compensated;
+    conditions off the time axis (and records from before it) first."""
+    t = record.get("t")
+    return (t if t is not None else -1.0, bool(record.get("compensate")))
 
 
 def to_csv(records: list[dict]) -> str:
@@ -70,9 +85,16 @@ def to_csv(records: list[dict]) -> str:
 def condition_label(record: dict) -> str:
     if record["noise"] == "clean":
         return "clean"
+    if record.get("t") is not None:
+        return time_label(record["noise"], record["t"], bool(record.get("compensate")))
     if record["sigma"] is not None and record["noise"] == "gaussian":
         return f"sigma={record['sigma']:g}"
     return record["spec"]
+
+
+def time_label(noise: str, t: float, compensate: bool) -> str:
+    """A time condition for tables: `cmo+cmo_read t=1d`, `... (comp)` with compensation."""
+    return f"{noise} t={format_duration(t)}" + (" (comp)" if compensate else "")
 
 
 def summary_rows(records: list[dict], resamples: int = 1000) -> list[dict]:
@@ -95,6 +117,8 @@ def summary_rows(records: list[dict], resamples: int = 1000) -> list[dict]:
             "noise": meta[key]["noise"],
             "spec": key[1],
             "sigma": meta[key]["sigma"],
+            "t": meta[key].get("t"),
+            "compensate": bool(meta[key].get("compensate")),
             "condition": condition_label(meta[key]),
             "seeds": len(by_seed),
             "tasks": {},
@@ -113,6 +137,7 @@ def summary_rows(records: list[dict], resamples: int = 1000) -> list[dict]:
             r["noise"] != "clean",
             r["noise"],
             r["sigma"] if r["sigma"] is not None else -1,
+            *_time_order(r),
             r["spec"],
         ),
     )
@@ -270,15 +295,17 @@ def _error_bar(stat: dict) -> tuple[float, float]:
 
 
 def plot_sweep(records: list[dict], out: str | Path) -> list[Path]:
-    """accuracy_vs_sigma.png (average, error bars: the 95 % bootstrap interval) and
-    per_task.png (one panel per task, error bars: the std over chip seeds)."""
+    """accuracy_vs_sigma.png (average, error bars: the 95 % bootstrap interval),
+    per_task.png (one panel per task, error bars: the std over chip seeds) and, when the
+    sweep has a time axis, accuracy_vs_time.png (see `plot_accuracy_vs_time`)."""
     import matplotlib
     import numpy as np
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [r for r in summary_rows(records) if r["noise"] in ("clean", "gaussian")]
+    every_row = summary_rows(records)
+    rows = [r for r in every_row if r["noise"] in ("clean", "gaussian") and r.get("t") is None]
     methods = sorted({r["method"] for r in rows})
     tasks = sorted({t for r in rows for t in r["tasks"] if t != AVERAGE})
     out = Path(out)
@@ -316,4 +343,100 @@ def plot_sweep(records: list[dict], out: str | Path) -> list[Path]:
         files.write_with(out / name, lambda path, fig=figure: fig.savefig(path, dpi=120, format="png"))
         plt.close(figure)
         written.append(out / name)
+    points = [
+        {
+            "method": r["method"],
+            "noise": r["noise"],
+            "t": r["t"],
+            "compensate": r["compensate"],
+            **r["tasks"][AVERAGE],
+        }
+        for r in every_row
+        if r.get("t") is not None
+    ]
+    if points:
+        clean = {r["method"]: r["tasks"][AVERAGE]["mean"] for r in every_row if r["noise"] == "clean"}
+        written.append(plot_accuracy_vs_time(points, out / TIME_PLOT, clean))
     return written
+
+
+TIME_PLOT = "accuracy_vs_time.png"
+# Ticks of the time axis (seconds), as halora.noise's durations spell them; 10y is the
+# longest time the device fits accept.
+TIME_TICKS = (
+    (1.0, "1s"),
+    (60.0, "1min"),
+    (3600.0, "1h"),
+    (86400.0, "1d"),
+    (604800.0, "1w"),
+    (2592000.0, "1mo"),
+    (31536000.0, "1y"),
+    (315360000.0, "10y"),
+)
+ZERO_AT = 0.1  # where t = 0 (just programmed, cmo alone) sits on the log axis, labelled "0"
+
+
+def plot_accuracy_vs_time(
+    points: list[dict], path: str | Path, clean: dict[str, float] | None = None
+) -> Path:
+    """Accuracy against the time after programming, one colour per method: solid without,
+    dashed with drift compensation, dotted the method's clean-chip accuracy (`clean`, per
+    method); log-x in seconds with 1s/1h/1d/1w/1mo ticks. Each point is {method, noise, t,
+    compensate, mean} with `low`/`high` (the 95 % bootstrap interval over chips and items,
+    the error bar) or `std`. The series are nudged apart along x (a few % of a decade) so
+    that equal values and their error bars stay visible."""
+    import matplotlib
+    import numpy as np
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6.4, 4.2))
+    methods = sorted({p["method"] for p in points})
+    series = [(m, c) for m in methods for c in (False, True) if any(_in_series(p, m, c) for p in points)]
+    for number, (method, compensate) in enumerate(series):
+        line = sorted((p for p in points if _in_series(p, method, compensate)), key=lambda p: p["t"])
+        nudge = 10 ** (DODGE * (number - (len(series) - 1) / 2))
+        colour = f"C{methods.index(method)}"
+        axis.errorbar(
+            [(p["t"] if p["t"] > 0 else ZERO_AT) * nudge for p in line],
+            [p["mean"] for p in line],
+            yerr=np.transpose([_error_bar(p) for p in line]),
+            color=colour,
+            linestyle="--" if compensate else "-",
+            marker="o",
+            capsize=3,
+            label=f"{method}, compensated" if compensate else method,
+        )
+    for method, accuracy in (clean or {}).items():
+        if method in methods:
+            axis.axhline(accuracy, color=f"C{methods.index(method)}", linestyle=":", linewidth=1)
+    _time_axis(axis, [p["t"] for p in points])
+    axis.set_title(", ".join(sorted({p["noise"] for p in points})) + ": accuracy after programming")
+    axis.set_ylabel("accuracy (%), 95 % interval" + ("; dotted: clean chip" if clean else ""))
+    axis.grid(alpha=0.3)
+    axis.legend()
+    figure.tight_layout()
+    files.write_with(Path(path), lambda file: figure.savefig(file, dpi=120, format="png"))
+    plt.close(figure)
+    return Path(path)
+
+
+DODGE = 0.04  # decades between neighbouring series of the time plot
+
+
+def _in_series(point: dict, method: str, compensate: bool) -> bool:
+    return point["method"] == method and bool(point["compensate"]) == compensate
+
+
+def _time_axis(axis, times: list[float]) -> None:
+    """Log-x in seconds, ticked at the named durations the plotted times span."""
+    axis.set_xscale("log")
+    positive = [t for t in times if t > 0] or [1.0]
+    low, high = min(positive) / 3, max(positive) * 3
+    ticks = [(x, text) for x, text in TIME_TICKS if low <= x <= high]
+    if any(t == 0 for t in times):
+        ticks.insert(0, (ZERO_AT, "0"))
+    axis.set_xticks([x for x, _ in ticks], [text for _, text in ticks])
+    axis.minorticks_off()
+    axis.set_xlabel("time after programming (log scale)")

@@ -16,6 +16,13 @@ With `converters` in the plan, every cell is scored inside `halora.analog.analog
 weights through real converters. The converters are written into the manifest and into
 every record, so one folder never mixes two converter settings.
 
+The time axis (ChipGrid.times): one more condition per time after programming (and per
+drift-compensation setting), the time-dependent `time_noise` re-timed by
+`halora.noise.at_times`. Every chip seed is the same at every time, so a seed's cells over t
+are ONE chip ageing. A compensated condition's cells are keyed `spec|comp`: the key and the
+record's "spec" tell it from the plain one, and a condition without compensation keeps the
+key it always had, so older cache files resume.
+
 A rank's cache file has one writer at a time: cells-rank{R}.lock (pid and host) keeps a
 second sweep into the same folder out, and a lock left by a killed process is taken over.
 """
@@ -41,7 +48,7 @@ from halora.cim import Chip, Placement
 from halora.converters import Converters
 from halora.errors import UsageError
 from halora.evaluate import EvalSettings, evaluate_task
-from halora.noise import GAUSSIAN_TEMPLATE, parse_noise_spec
+from halora.noise import GAUSSIAN_TEMPLATE, at_times, extrapolations, parse_noise_spec, parse_time
 from halora.settings import check, setting
 from halora.tasks import Task
 
@@ -54,15 +61,25 @@ PAPER_SEEDS = 5
 # (validation) or calibrated a noise level is never one that reports the result (test).
 CHIP_SET_SIZE = 100_000
 CHIP_SETS = {"test": 0, "validation": CHIP_SET_SIZE, "calibration": 2 * CHIP_SET_SIZE}
+# The time axis's default device: IBM's CMO/HfOx RRAM fit (the chip simulated here is RRAM;
+# pcm is another memory), at aihwkit's effective 0.2 % program-verify acceptance, with the
+# read noise aihwkit's drift step adds. Its fits accept 1 s .. 10 years, the whole
+# 1s,1h,1d,1w,1mo axis (pcm starts at t0 = 20 s, wan2022 has only 1 s, 1 d and 2 d).
+TIME_NOISE = "cmo:accept=0.2+cmo_read"
+COMPENSATE = ("off", "on", "both")  # drift compensation on the time conditions
+COMP_SUFFIX = "|comp"  # a compensated condition's key: its spec and this (no spec has a "|")
 
 
 @dataclass(frozen=True)
 class Condition:
-    """One noise setting of the chip: its spec, a family label and its level."""
+    """One noise setting of the chip: its spec, a family label and its level; on the time
+    axis also its time after programming and whether drift compensation is on."""
 
     spec: str
     noise: str  # family label for tables: "clean", "gaussian", "saf", ...
     sigma: float | None  # the spec's sigma; 0 for the clean reference; None if it has none
+    t: float | None = None  # seconds since programming; None off the time axis
+    compensate: bool = False  # global drift compensation (halora.cim.Chip compensate=True)
 
     @classmethod
     def of(cls, spec: str) -> Condition:
@@ -73,9 +90,27 @@ class Condition:
         families = "+".join(part.split(":", 1)[0] for part in canonical.split("+"))
         return cls(canonical, families, model.level)
 
+    @classmethod
+    def aged(cls, spec: str, t: float, compensate: bool = False) -> Condition:
+        """A time-axis condition: `spec` already re-timed to `t` (see `time_conditions`)."""
+        return replace(cls.of(spec), t=t, compensate=compensate)
+
     @property
     def is_clean(self) -> bool:
         return self.spec == CLEAN
+
+    @property
+    def key(self) -> str:
+        """The condition in cell keys and records: its spec, "|comp" appended when compensated."""
+        return self.spec + COMP_SUFFIX if self.compensate else self.spec
+
+    def to_json(self) -> dict:
+        """For the manifest: the time fields only when set, so the manifest of a sweep
+        without a time axis is what it always was (and its folder resumes)."""
+        data = asdict(self)
+        if self.t is None and not self.compensate:
+            del data["t"], data["compensate"]
+        return data
 
 
 def conditions_from(sigmas: tuple[float, ...], template: str, extra: tuple[str, ...]) -> list[Condition]:
@@ -88,6 +123,22 @@ def conditions_from(sigmas: tuple[float, ...], template: str, extra: tuple[str, 
     specs = [template.format(sigma=sigma) for sigma in sigmas] + list(extra)
     conditions = [Condition.of(CLEAN)] + [Condition.of(spec) for spec in specs]
     return list(dict.fromkeys(conditions))  # drop repeats, keep order
+
+
+def time_conditions(spec: str, times: tuple[str, ...], compensate: str = "off") -> list[Condition]:
+    """One condition per time (and per compensation setting: "both" gives the plain one,
+    then the compensated one). `at_times` refuses a spec without a time-dependent part and a
+    time outside a fit's validity, with one line each."""
+    if not times:
+        return []
+    specs = at_times(spec, list(times))
+    switches = {"off": (False,), "on": (True,), "both": (False, True)}[compensate]
+    conditions = [
+        Condition.aged(aged, parse_time(t), on)
+        for aged, t in zip(specs, times, strict=True)
+        for on in switches
+    ]
+    return list(dict.fromkeys(conditions))  # 1d and 24h are one time
 
 
 @dataclass(frozen=True)
@@ -110,18 +161,57 @@ class ChipGrid:
         "which chips: test, validation (selection) or calibration; the sets never share a chip",
         choices=tuple(CHIP_SETS),
     )
+    times: tuple[str, ...] = setting(
+        (), "times after programming, e.g. 1s,1h,1d,1w,1mo: each chip seed ages through them"
+    )
+    time_noise: str = setting(TIME_NOISE, "the time-dependent chip spec aged over --times")
+    compensate: str = setting(
+        "off",
+        "global drift compensation on the time conditions (both: each time with and without)",
+        choices=COMPENSATE,
+    )
 
     def __post_init__(self) -> None:
         check(self)
+        check_time_axis(self.times, self.time_noise, self.compensate)
 
     def conditions(self) -> tuple[Condition, ...]:
-        return tuple(conditions_from(self.sigmas, self.noise_template, self.extra_noise))
+        """The clean reference, the template's levels, the extra specs, then the time axis (an
+        extra spec that is also a time condition is left to the time axis)."""
+        aged = time_conditions(self.time_noise, self.times, self.compensate)
+        keys = {c.key for c in aged}
+        timeless = conditions_from(self.sigmas, self.noise_template, self.extra_noise)
+        return tuple([c for c in timeless if c.key not in keys] + aged)
+
+    def time_notes(self) -> list[str]:
+        """One line per part of the time axis that extrapolates its fit beyond the data."""
+        return time_notes(self.time_noise, self.times)
 
     @property
     def seeds(self) -> tuple[int, ...]:
         """The chip seeds: the first `chips` of this grid's chip set."""
         first = CHIP_SETS[self.chip_set]
         return tuple(range(first, first + self.chips))
+
+
+def check_time_axis(times: tuple[str, ...], time_noise: str, compensate: str) -> None:
+    """A bad time or a spec without a time key fails when the settings are made, before a
+    model loads; compensation without a time axis would change nothing and is refused."""
+    if times:
+        time_conditions(time_noise, times, compensate)
+    elif compensate != "off":
+        raise UsageError(
+            f"compensate {compensate} acts on the time conditions and there are none: "
+            "give times too (e.g. 1s,1d,1w), or leave compensate off"
+        )
+
+
+def time_notes(time_noise: str, times: tuple[str, ...]) -> list[str]:
+    """The extrapolation notes (`halora.noise.extrapolations`) of every time, each once."""
+    if not times:
+        return []
+    notes = [note for spec in at_times(time_noise, list(times)) for note in extrapolations(spec)]
+    return list(dict.fromkeys(notes))
 
 
 @dataclass(frozen=True)
@@ -145,7 +235,7 @@ class SweepPlan:
     def manifest(self) -> dict:
         manifest = {
             "model": self.model,
-            "conditions": [asdict(c) for c in self.conditions],
+            "conditions": [c.to_json() for c in self.conditions],
             "seeds": list(self.seeds),
             "adapters": [list(a) for a in self.adapters],
             "tasks": list(self.tasks),
@@ -354,22 +444,26 @@ def _run_cells(
                 (method, task)
                 for method, _ in plan.adapters
                 for task in tasks
-                if cell_key(method, task.name, condition.spec, seed) not in cache.records
+                if cell_key(method, task.name, condition.key, seed) not in cache.records
             ]
             progress.update(len(plan.adapters) * len(tasks) - len(todo))
             if not todo:
                 continue
             chip = _program(chip, model, condition, seed, placement)
+            alpha = _alpha_summary(chip)
             for method, task in todo:
                 with _using_adapter(model, method), _converters(model, plan, placement, seed):
                     score = evaluate_task(model, tokenizer, task, cell_eval, examples[task.name])
                 record = {
-                    "key": cell_key(method, task.name, condition.spec, seed),
+                    "key": cell_key(method, task.name, condition.key, seed),
                     "method": method,
                     "noise": condition.noise,
-                    "spec": condition.spec,
+                    "spec": condition.key,
                     "sigma": condition.sigma,
                     "seed": seed,
+                    "t": condition.t,
+                    "compensate": condition.compensate,
+                    **alpha,
                     **score.to_json(),
                 }
                 if plan.converters is not None:
@@ -394,9 +488,22 @@ def _converters(model, plan: SweepPlan, placement: Placement, seed: int) -> Abst
 def _program(chip: Chip | None, model, condition: Condition, seed: int, placement: Placement) -> Chip:
     """Program (or re-program, reusing the stash of clean weights) the chip for one cell group."""
     if chip is None:
-        return Chip(model, condition.spec, seed, placement)
+        return Chip(model, condition.spec, seed, placement, compensate=condition.compensate)
+    # reprogram re-reads the compensation switch with the new spec: one stash of clean
+    # weights serves the plain and the compensated conditions alike
+    chip.compensate = condition.compensate
     chip.reprogram(seed, condition.spec)
     return chip
+
+
+def _alpha_summary(chip: Chip) -> dict:
+    """The compensation factors of a compensated chip (mean, min, max over its RRAM layers),
+    for its records; nothing for a plain chip. The per-layer factors stay out of the cache:
+    hundreds of numbers on every cell."""
+    compensation = chip.compensation_json()
+    if compensation is None:
+        return {}
+    return {key: compensation[key] for key in ("alpha_mean", "alpha_min", "alpha_max")}
 
 
 @contextmanager
@@ -457,7 +564,7 @@ def wait_for_ranks(
 def _cell_owners(plan: SweepPlan, world: int) -> dict[str, int]:
     """Every cell key of the plan and the rank that computes it (chip i: rank i % world)."""
     return {
-        cell_key(method, task, condition.spec, seed): index % world
+        cell_key(method, task, condition.key, seed): index % world
         for index, (condition, seed) in enumerate(plan.chips())
         for method, _ in plan.adapters
         for task in plan.tasks

@@ -6,6 +6,7 @@ import argparse
 from dataclasses import replace
 from pathlib import Path
 
+from halora.converters import add_converter_flags, converters_from
 from halora.demo import DemoSettings, default_out, load_preset, run_demo
 from halora.errors import UsageError
 from halora.files import output_folder
@@ -41,12 +42,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_flags(
         parser, TrainSettings, "training recipe (overrides the preset's)", skip=NOT_DEMO_FLAGS, preset=True
     )
+    add_converter_flags(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     preset = load_preset("quick" if args.quick else "full")
     base = {**preset.base, **given_flags(args, TrainSettings)}
-    settings = replace(preset, **given_flags(args, DemoSettings), base=base)
+    overrides = given_flags(args, DemoSettings)
+    converters = converters_from(args)
+    if converters is not None:
+        overrides["converters"] = converters
+    settings = replace(preset, **overrides, base=base)
     extra = [
         method
         for method, wanted in (("reg", args.with_reg), ("curriculum", args.with_curriculum))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from halora.converters import add_converter_flags, converters_from
 from halora.errors import UsageError
 from halora.files import output_folder
 from halora.settings import add_flags, given_flags
@@ -27,6 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--out", required=True, help="study folder (resumes when it exists)")
     add_flags(parser, StudySettings, "study settings (override the file's [study] table)", preset=True)
+    add_converter_flags(parser)
 
 
 def study_path(name: str) -> Path:
@@ -40,9 +42,19 @@ def study_path(name: str) -> Path:
     return Path(name)
 
 
+def overrides(args: argparse.Namespace) -> dict:
+    """The [study] values the flags set: the settings flags, and --analog with its converter
+    flags (over a [study.converters] table)."""
+    values = given_flags(args, StudySettings)
+    converters = converters_from(args)
+    if converters is not None:
+        values["converters"] = converters
+    return values
+
+
 def run(args: argparse.Namespace) -> int:
     from halora.study import run_study
 
-    study = load_study(study_path(args.study), given_flags(args, StudySettings))
+    study = load_study(study_path(args.study), overrides(args))
     run_study(study, output_folder(args.out))
     return 0

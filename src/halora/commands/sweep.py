@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 
 from halora.commands.common import (
@@ -124,6 +125,10 @@ def run(args: argparse.Namespace) -> int:
         model=chosen.label,
         converters=converters,
     )
+    notes = grid.time_notes()
+    if rank == 0:
+        for note in notes:  # accepted, but the fit says nothing measured about that time
+            print(f"halora: note: {note}", file=sys.stderr)
     device = rank_device(chosen.device, world, local_rank)
     model, tokenizer = load_model(chosen.model, dtype=chosen.dtype, device=device)
     model = load_adapters(model, list(adapters), chosen.label, allow_other_base=args.allow_other_base)
@@ -131,7 +136,10 @@ def run(args: argparse.Namespace) -> int:
     run_sweep(model, tokenizer, tasks, plan, args.out, placement_from(args), rank=rank, world=world)
     if rank == 0:  # the other ranks are done when their share is
         records = wait_for_ranks(args.out, plan, world)
-        paths = write_results(args.out, records, {"title": f"halora sweep: {plan.model}", **plan.manifest()})
+        meta = {"title": f"halora sweep: {plan.model}", **plan.manifest()}
+        if notes:
+            meta["extrapolated"] = notes
+        paths = write_results(args.out, records, meta)
         plot_sweep(records, args.out)
         print(paths["md"].read_text(encoding="utf-8"))
         print(

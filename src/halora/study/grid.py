@@ -2,6 +2,8 @@
 
 [study]            StudySettings keys (model, tasks, chips, items, ...)
 [study.base]       TrainSettings shared by every arm
+[study.converters] (optional) the analog forward: Converters keys (adc_bits, ...); the
+                   table, even empty, switches it on for every chip scored
 [[arm]]            method = "..." plus TrainSettings keys; a list value is a grid axis,
                    expanded to every combination (noisy with noise = [a, b] -> 2 arms)
 """
@@ -15,12 +17,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+from halora.converters import Converters
 from halora.errors import UsageError
 from halora.models import SMOLLM2
 from halora.noise import parse_noise_spec
-from halora.pipeline import Arm
+from halora.pipeline import Arm, converters_table
 from halora.recalibrate import LOSSES
 from halora.settings import build, check, key_names, normalise, read_toml, setting
+from halora.sweep import COMPENSATE, TIME_NOISE, check_time_axis
 from halora.train import TrainSettings
 
 STUDY_FILE = "study file"
@@ -66,14 +70,38 @@ class StudySettings:
     # distill: chosen over task and both on validation chips (README, "Per-chip recalibration")
     recal_loss: str = setting("distill", "recalibration loss: task, distill or both", choices=LOSSES)
     recal_from: tuple[str, ...] = setting((), "method families recalibrated (empty: every kept one)")
+    # The time axis (halora.sweep.ChipGrid), on the test chips only: selection stays on the
+    # Gaussian levels, so the arms are chosen without looking at the times they are tested at.
+    times: tuple[str, ...] = setting((), "test times after programming, e.g. 1s,1h,1d,1w,1mo")
+    time_noise: str = setting(TIME_NOISE, "the time-dependent chip spec aged over times")
+    compensate: str = setting(
+        "off", "global drift compensation on the time conditions (both: with and without)", choices=COMPENSATE
+    )
+    # The analog forward on every chip scored (selection and test): --analog and its flags,
+    # or a [study.converters] table; None is the digital forward.
+    converters: Converters | None = setting(None, "DACs and ADCs on the RRAM layers (None: off)", flag=False)
 
     def __post_init__(self) -> None:
         check(self)
+        check_time_axis(self.times, self.time_noise, self.compensate)
+        self._check_analog()
         names = [arm.name for arm in self.arms]
         if len(set(names)) != len(names):
             raise UsageError(f"study arms need unique names, got {', '.join(names)}")
         if self.baseline not in {arm.group for arm in self.arms}:
             raise UsageError(f"the study needs a {self.baseline!r} arm: it is the baseline")
+
+    def _check_analog(self) -> None:
+        """The noise calibration and the recalibration sweep score without the analog forward:
+        beside analog test cells their numbers would describe another chip."""
+        if self.converters is None:
+            return
+        for name, value in (("calibrate_drop", self.calibrate_drop), ("recal_steps", self.recal_steps)):
+            if value > 0:
+                raise UsageError(
+                    f"{name} = {value:g} with the analog forward: that step has no analog forward "
+                    f"yet; set {name} = 0 or drop --analog"
+                )
 
     def arm_named(self, name: str) -> Arm:
         return next(arm for arm in self.arms if arm.name == name)
@@ -96,7 +124,9 @@ def load_study(path: str | Path, overrides: dict[str, Any] | None = None) -> Stu
     if not arms:
         raise UsageError(f"{STUDY_FILE} {path} lists no [[arm]] tables")
     where = f"{STUDY_FILE} {path} [study]"
-    values = {**normalise(StudySettings, table, where), **(overrides or {})}
+    if not isinstance(table, dict):
+        raise UsageError(f"{where} must be a table")
+    values = {**normalise(StudySettings, converters_table(table, where), where), **(overrides or {})}
     values["base"] = normalise(TrainSettings, values.get("base", {}), f"{where} base")
     return build(StudySettings, values, where, arms=arms)
 

@@ -1,14 +1,20 @@
 """The study's report: per method and chip condition, accuracy with its interval, the
 difference to the baseline with a paired interval, the chip spread and the recovery ratio;
-as results.json and report.md."""
+as results.json and report.md. A study with a time axis also lists its times and drift
+compensation, and plots accuracy against the time after programming (accuracy_vs_time.png)."""
 
 from __future__ import annotations
 
 import statistics
 from collections import defaultdict
+from pathlib import Path
 from typing import TYPE_CHECKING
 
+from halora.noise import parse_time
+from halora.noise.base import format_duration
+from halora.report import TIME_PLOT, plot_accuracy_vs_time, time_label
 from halora.study.stats import Estimate, accuracy_ci, chip_std, delta_ci, recovery_ci
+from halora.sweep import time_notes
 
 if TYPE_CHECKING:
     from halora.study.grid import StudySettings
@@ -21,6 +27,8 @@ def build_report(
     the validation cells, `finals` the test cells per scorer (adapters "arm@seed")."""
     return {
         "study": study.describe(),
+        "time_axis": time_axis(study),
+        "analog": study.converters.describe() if study.converters else None,
         "chosen": chosen,
         "chips": {
             "selection": chips_by_condition(selection),
@@ -28,6 +36,20 @@ def build_report(
         },
         "selection": _selection_table(selection),
         "final": {scorer: _final(study, chosen, records) for scorer, records in finals.items()},
+    }
+
+
+def time_axis(study: StudySettings) -> dict | None:
+    """The times and drift compensation of the test chips, None without a time axis."""
+    if not study.times:
+        return None
+    return {
+        "times": list(study.times),
+        "seconds": [parse_time(t) for t in study.times],
+        "time_noise": study.time_noise,
+        "compensate": study.compensate,
+        "extrapolated": time_notes(study.time_noise, study.times),
+        "plot": TIME_PLOT,
     }
 
 
@@ -39,12 +61,22 @@ def chips_by_condition(records: list[dict]) -> dict[str, list[int]]:
     return {spec: sorted(seeds) for spec, seeds in sorted(found.items())}
 
 
+Condition = tuple[str, str, float | None, float | None, bool]  # noise, spec, sigma, t, compensate
+
+
 def _final(study: StudySettings, chosen: dict[str, str], records: list[dict]) -> dict:
     conditions = sorted(
-        {(r["noise"], r["spec"], r["sigma"]) for r in records},
-        key=lambda c: (c[0] != "clean", c[0], c[2] if c[2] is not None else 9),
+        {(r["noise"], r["spec"], r["sigma"], r.get("t"), bool(r.get("compensate"))) for r in records},
+        key=lambda c: (
+            c[0] != "clean",
+            c[3] is not None,  # the time axis after the other conditions, in time order
+            c[0],
+            c[2] if c[2] is not None else 9,
+            c[3] if c[3] is not None else 0,
+            c[4],
+        ),
     )
-    clean = next((spec for noise, spec, _ in conditions if noise == "clean"), None)
+    clean = next((spec for noise, spec, *_ in conditions if noise == "clean"), None)
     rows = [
         _row(study, chosen, records, method, condition, clean)
         for method in chosen
@@ -62,12 +94,12 @@ def _row(
     chosen: dict[str, str],
     records: list[dict],
     method: str,
-    condition: tuple[str, str, float | None],
+    condition: Condition,
     clean: str | None,
 ) -> dict:
     """One method on one condition: accuracy, the paired difference to the baseline, the
     chip spread and (on a noisy chip, for a method other than the baseline) the recovery."""
-    noise, spec, sigma = condition
+    noise, spec, sigma, t, compensate = condition
     cells = _cells(records, chosen[method], spec)
     base = _cells(records, chosen[study.baseline], spec)
     accuracy = accuracy_ci(cells, study.bootstrap)
@@ -82,6 +114,9 @@ def _row(
         "noise": noise,
         "spec": spec,
         "sigma": sigma,
+        "t": t,
+        "compensate": compensate,
+        "condition": time_label(noise, t, compensate) if t is not None else spec,
         "accuracy": accuracy.value,
         "ci95": _bounds(accuracy),
         "delta_vs_baseline": delta.value,
@@ -131,6 +166,8 @@ def report_markdown(report: dict) -> str:
         "Selection on the validation split; everything below on the test split.",
         "",
         *_chips_markdown(report.get("chips", {})),
+        *_time_axis_markdown(report.get("time_axis")),
+        *([f"Analog forward on every chip: {report['analog']}.", ""] if report.get("analog") else []),
         *_calibration_markdown(report.get("calibration")),
         "## Selection (validation accuracy %, mean over chips and tasks)",
         "",
@@ -157,7 +194,8 @@ def report_markdown(report: dict) -> str:
             "|---|---|---|---|---|---|",
         ]
         lines += [
-            f"| {r['method']} ({r['arm']}) | {r['spec']} | {_with_ci(r['accuracy'], r['ci95'])} | "
+            f"| {r['method']} ({r['arm']}) | {r.get('condition', r['spec'])} | "
+            f"{_with_ci(r['accuracy'], r['ci95'])} | "
             f"{_with_ci(r['delta_vs_baseline'], r['delta_ci95'], '+.1f')} | {r['chip_std']:.1f} | "
             f"{_recovery_text(r['recovery'], baseline)} |"
             for r in final["rows"]
@@ -165,6 +203,48 @@ def report_markdown(report: dict) -> str:
     if report.get("recalibration"):
         lines += ["", *recalibration_markdown(report["recalibration"])]
     return "\n".join(lines) + "\n"
+
+
+def _time_axis_markdown(axis: dict | None) -> list[str]:
+    """The times the test chips were aged to, the device and the compensation."""
+    if not axis:
+        return []
+    compensation = {"off": "off", "on": "on", "both": "each time without and with"}[axis["compensate"]]
+    lines = [
+        "## Time after programming (test chips)",
+        "",
+        f"{axis['time_noise']} at t = {', '.join(format_duration(t) for t in axis['seconds'])}; "
+        f"each chip seed is one chip ageing. Global drift compensation: {compensation}. "
+        f"Plot: {axis['plot']}.",
+        "",
+    ]
+    lines += [f"- extrapolated: {note}" for note in axis["extrapolated"]]
+    return [*lines, ""] if axis["extrapolated"] else lines
+
+
+def plot_time(report: dict, out: str | Path) -> list[Path]:
+    """accuracy_vs_time.png from the test rows of the first scorer (and a file per other
+    scorer), error bars the rows' 95 % intervals; nothing without a time axis."""
+    written = []
+    for index, (scorer, final) in enumerate(report["final"].items()):
+        points = [
+            {
+                "method": r["method"],
+                "noise": r["noise"],
+                "t": r["t"],
+                "compensate": r["compensate"],
+                "mean": r["accuracy"],
+                "low": r["ci95"][0],
+                "high": r["ci95"][1],
+            }
+            for r in final["rows"]
+            if r.get("t") is not None
+        ]
+        if points:
+            name = TIME_PLOT if index == 0 else TIME_PLOT.replace(".png", f"_{scorer}.png")
+            clean = {r["method"]: r["accuracy"] for r in final["rows"] if r["noise"] == "clean"}
+            written.append(plot_accuracy_vs_time(points, Path(out) / name, clean))
+    return written
 
 
 def _chips_markdown(chips: dict[str, dict[str, list[int]]]) -> list[str]:

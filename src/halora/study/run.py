@@ -4,7 +4,9 @@
                 split on chips at the selection noise levels; keep the best arm of each
                 method family (lora, noisy, reg, halora, ...)
     2. final    train each kept arm with more training seeds; score them all on the TEST
-                split, on the same chips: clean, every test sigma, stuck-at faults
+                split, on the same chips: clean, every test sigma, stuck-at faults, and
+                (times set) the time-dependent device at every time, with and/or without
+                drift compensation
     2b. recal   (recal_steps > 0) each kept arm's seed-0 adapter tuned to every test chip
                 of the recalibration levels, scored there and on the next chip, beside the
                 same extra steps without a chip (halora.recal_sweep)
@@ -29,7 +31,7 @@ from halora.errors import UsageError
 from halora.evaluate import EvalSettings
 from halora.pipeline import Arm, Log, score, train_arm, training_examples
 from halora.study.grid import StudySettings
-from halora.study.report import build_report, report_markdown
+from halora.study.report import build_report, plot_time, report_markdown
 from halora.sweep import ChipGrid
 from halora.tasks import Task, load_tasks
 
@@ -78,7 +80,12 @@ def run_study(study: StudySettings, out: str | Path, log: Log = print) -> dict:
         sigmas=(*study.test_sigmas, *extra_sigma),
         extra_noise=(study.saf,) if study.saf else (),
         chips=study.test_chips,
+        times=study.times,
+        time_noise=study.time_noise,
+        compensate=study.compensate,
     )
+    for note in test_grid.time_notes():
+        log(f"note: {note}")
     finals = {
         scorer: _score(study, tasks, final_adapters, test_grid, out / f"final-{scorer}", "test", scorer)
         for scorer in study.scorers
@@ -89,6 +96,7 @@ def run_study(study: StudySettings, out: str | Path, log: Log = print) -> dict:
         report["recalibration"] = _recalibrate(study, tasks, chosen, final_adapters, extra_sigma, out, log)
     files.write_json(out / "results.json", report)
     files.write_text(out / "report.md", report_markdown(report))
+    plot_time(report, out)
     log((out / "report.md").read_text(encoding="utf-8"))
     return report
 
@@ -153,7 +161,7 @@ def _score(
 ) -> list[dict]:
     items = study.val_items if split == "val" else study.test_items
     evaluation = EvalSettings(items=items, eval_batch_size=32, scorer=scorer, split=split, progress=True)
-    records, _ = score(study.model, tasks, adapters, grid, evaluation, out)
+    records, _ = score(study.model, tasks, adapters, grid, evaluation, out, study.converters)
     return records
 
 
