@@ -403,13 +403,17 @@ class Chip:
     def programmed(self) -> bool:
         return self._stash is not None
 
-    def reprogram(self, seed: int, noise: NoiseModel | str | None = None) -> None:
-        """Draw a new chip (new seed, optionally a new noise model) from the stashed
-        clean weights, without stashing them again."""
+    def reprogram(
+        self, seed: int, noise: NoiseModel | str | None = None, *, compensate: bool | None = None
+    ) -> None:
+        """Draw a new chip (new seed, optionally a new noise model, compensation switched on
+        or off) from the stashed clean weights, without stashing them again."""
         if not self.programmed:
             raise RuntimeError("this chip was restored; program a new one")
-        if noise is not None:
-            self._set_noise(noise)
+        if compensate is not None:
+            self.compensate = compensate
+        if noise is not None or compensate is not None:
+            self._set_noise(self.noise if noise is None else noise)
         self._remove_read_noise()
         self.seed = seed
         self._program_all(seed, first=False)

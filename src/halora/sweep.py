@@ -489,10 +489,8 @@ def _program(chip: Chip | None, model, condition: Condition, seed: int, placemen
     """Program (or re-program, reusing the stash of clean weights) the chip for one cell group."""
     if chip is None:
         return Chip(model, condition.spec, seed, placement, compensate=condition.compensate)
-    # reprogram re-reads the compensation switch with the new spec: one stash of clean
-    # weights serves the plain and the compensated conditions alike
-    chip.compensate = condition.compensate
-    chip.reprogram(seed, condition.spec)
+    # one stash of clean weights serves the plain and the compensated conditions alike
+    chip.reprogram(seed, condition.spec, compensate=condition.compensate)
     return chip
 
 
