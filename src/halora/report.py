@@ -43,15 +43,26 @@ CSV_KEYS = (
 )
 
 
-def write_results(out: str | Path, records: list[dict], meta: dict) -> dict[str, Path]:
-    """results.json, results.csv and summary.md in `out`, each written atomically."""
+def write_results(
+    out: str | Path,
+    records: list[dict],
+    meta: dict,
+    extra: dict | None = None,
+    appendix: list[str] | None = None,
+) -> dict[str, Path]:
+    """results.json, results.csv and summary.md in `out`, each written atomically. `extra`
+    adds top-level keys to results.json and `appendix` lines to the end of summary.md (the
+    sweep's recalibration table); without them both are what they always were."""
     out = Path(out)
     records = sorted(records, key=_order)
     paths = {"json": out / "results.json", "csv": out / "results.csv", "md": out / "summary.md"}
     rows = summary_rows(records)  # bootstrapped once, for the JSON and the Markdown alike
-    files.write_json(paths["json"], {"meta": meta, "runs": records, "summary": rows})
+    files.write_json(paths["json"], {"meta": meta, "runs": records, "summary": rows, **(extra or {})})
     files.write_text(paths["csv"], to_csv(records))
-    files.write_text(paths["md"], markdown_summary(records, meta.get("title", "halora sweep"), rows))
+    markdown = markdown_summary(records, meta.get("title", "halora sweep"), rows)
+    if appendix:
+        markdown += "\n" + "\n".join(appendix).rstrip("\n") + "\n"
+    files.write_text(paths["md"], markdown)
     return paths
 
 
