@@ -78,33 +78,30 @@ def main_grid(bench: Bench, args) -> None:
 
 def losses_grid(bench: Bench, args) -> None:
     """Each loss from the first source at the first sigma: the selection of the loss."""
-    spec = GAUSSIAN_TEMPLATE.format(sigma=args.sigmas[0])
-    label = next(iter(bench.sources))
-    source, runner = bench.source(label), bench.runner
-    runner.score(label, CLEAN, 0, source)
-    for seed in bench.seeds:
-        runner.score(label, spec, seed, source)
-        for loss in ("task", "distill", "both"):
-            settings = settings_from(args, loss=loss)
-            tuned = runner.tuned(
-                source, f"{label}|{loss}|{spec}|{seed}", spec, seed, settings, log=log, teacher=label
-            )
-            runner.score(f"{label}+recal-{loss}", spec, seed, tuned, tuned_on=seed)
+    selection_grid(
+        bench, args, {loss: settings_from(args, loss=loss) for loss in ("task", "distill", "both")}
+    )
 
 
 def lrs_grid(bench: Bench, args) -> None:
     """Each learning rate with the chosen loss, first source and sigma: the selection of lr."""
+    selection_grid(bench, args, {f"{args.loss}|lr{lr:g}": settings_from(args, lr=lr) for lr in args.lrs})
+
+
+def selection_grid(bench: Bench, args, variants: dict[str, RecalSettings]) -> None:
+    """The first source at the first sigma, clean and on every chip, and each variant of the
+    recalibration tuned to each chip: cells keyed `{label}|{tag}|{spec}|{seed}`, scored as
+    `{label}+recal-{tag}` (a "|" in the tag becomes "-")."""
     spec = GAUSSIAN_TEMPLATE.format(sigma=args.sigmas[0])
     label = next(iter(bench.sources))
     source, runner = bench.source(label), bench.runner
     runner.score(label, CLEAN, 0, source)
     for seed in bench.seeds:
         runner.score(label, spec, seed, source)
-        for lr in args.lrs:
-            settings = settings_from(args, lr=lr)
-            key = f"{label}|{args.loss}|lr{lr:g}|{spec}|{seed}"
+        for tag, settings in variants.items():
+            key = f"{label}|{tag}|{spec}|{seed}"
             tuned = runner.tuned(source, key, spec, seed, settings, log=log, teacher=label)
-            runner.score(f"{label}+recal-{args.loss}-lr{lr:g}", spec, seed, tuned, tuned_on=seed)
+            runner.score(f"{label}+recal-{tag.replace('|', '-')}", spec, seed, tuned, tuned_on=seed)
 
 
 def curves_grid(bench: Bench, args) -> None:

@@ -9,7 +9,7 @@ from halora.cim import rram_layers
 from halora.cli import main
 from halora.errors import UsageError
 from halora.evaluate import EvalSettings
-from halora.lora import LoraSettings, attach_lora, load_adapters
+from halora.lora import load_adapters
 from halora.models import build_tiny, byte_tokenizer
 from halora.report import recovery_ratio, summary_rows
 from halora.sweep import BASE, Condition, SweepPlan, conditions_from, gather_records, run_sweep
@@ -17,25 +17,8 @@ from halora.tasks import load_tasks
 
 
 @pytest.fixture
-def setup(tmp_path):
-    """Two random adapters (B drawn, so they differ from the base) and a small MC task."""
-    folders = []
-    for seed in (1, 2):
-        torch.manual_seed(seed)
-        model = attach_lora(build_tiny(), LoraSettings(rank=2))
-        with torch.no_grad():
-            for name, parameter in model.named_parameters():
-                if "lora_B" in name:
-                    parameter.normal_(0, 0.5)
-        model.save_pretrained(tmp_path / f"a{seed}")
-        folders.append(str(tmp_path / f"a{seed}"))
-    records = [
-        {"prompt": f"{a} and {b}", "options": [" yes", " no"], "gold": (a + b) % 2, "split": "test"}
-        for a in range(3)
-        for b in range(3)
-    ]
-    (tmp_path / "pairs.json").write_text(json.dumps(records))
-    return tmp_path, folders, f"json:{tmp_path / 'pairs.json'}"
+def setup(two_adapters):
+    return two_adapters
 
 
 def plan_for(tasks, adapters, seeds=2):

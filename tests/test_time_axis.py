@@ -18,7 +18,7 @@ from halora.cli import _parse, main
 from halora.converters import Converters
 from halora.errors import UsageError
 from halora.evaluate import EvalSettings
-from halora.lora import LoraSettings, attach_lora, load_adapters
+from halora.lora import load_adapters
 from halora.models import build_tiny, byte_tokenizer
 from halora.noise import at_time
 from halora.report import plot_sweep, summary_rows, write_results
@@ -30,25 +30,8 @@ TIMES = ("1s", "1d")
 
 
 @pytest.fixture
-def setup(tmp_path):
-    """Two random adapters (B drawn, so they differ from the base) and a small MC task."""
-    folders = []
-    for seed in (1, 2):
-        torch.manual_seed(seed)
-        model = attach_lora(build_tiny(), LoraSettings(rank=2))
-        with torch.no_grad():
-            for name, parameter in model.named_parameters():
-                if "lora_B" in name:
-                    parameter.normal_(0, 0.5)
-        model.save_pretrained(tmp_path / f"a{seed}")
-        folders.append(str(tmp_path / f"a{seed}"))
-    records = [
-        {"prompt": f"{a} and {b}", "options": [" yes", " no"], "gold": (a + b) % 2, "split": "test"}
-        for a in range(3)
-        for b in range(3)
-    ]
-    (tmp_path / "pairs.json").write_text(json.dumps(records))
-    return tmp_path, folders, f"json:{tmp_path / 'pairs.json'}"
+def setup(two_adapters):
+    return two_adapters
 
 
 def time_grid(compensate="both", chips=2, times=TIMES, **extra) -> ChipGrid:
