@@ -66,6 +66,7 @@ def settings_from(args, **overrides) -> RecalSettings:
         lr=args.lr,
         max_length=96,
         precision=args.precision,
+        twin_rank=args.twin_rank,
     )
     return RecalSettings(**{**values, **overrides})
 
@@ -102,6 +103,18 @@ def selection_grid(bench: Bench, args, variants: dict[str, RecalSettings]) -> No
             key = f"{label}|{tag}|{spec}|{seed}"
             tuned = runner.tuned(source, key, spec, seed, settings, log=log, teacher=label)
             runner.score(f"{label}+recal-{tag.replace('|', '-')}", spec, seed, tuned, tuned_on=seed)
+
+
+def twin_grid(bench: Bench, args) -> None:
+    """The twin correction (halora.twin) at each of --twin-ranks alone, and at the largest
+    one followed by --steps gradient steps of --loss: the selection of its rank and of
+    whether steps still pay (first source, first sigma)."""
+    top = max(args.twin_ranks)
+    bench.runner.widen(top)  # every rank uses the first rows of one layout
+    variants = {f"twin{rank}": settings_from(args, twin_rank=rank, steps=0) for rank in args.twin_ranks}
+    if args.steps:
+        variants[f"twin{top}+{args.loss}{args.steps}"] = settings_from(args, twin_rank=top)
+    selection_grid(bench, args, variants)
 
 
 def curves_grid(bench: Bench, args) -> None:
@@ -150,7 +163,7 @@ def summarise(bench: Bench, args) -> dict:
     return summary
 
 
-GRIDS = {"main": main_grid, "losses": losses_grid, "lrs": lrs_grid, "curves": curves_grid}
+GRIDS = {"main": main_grid, "losses": losses_grid, "lrs": lrs_grid, "curves": curves_grid, "twin": twin_grid}
 
 
 def main() -> None:
@@ -165,11 +178,17 @@ def main() -> None:
     parser.add_argument("--chips", type=int, default=5)
     parser.add_argument("--chip-set", default="test", choices=tuple(CHIP_SETS))
     parser.add_argument("--items", type=int, default=16, help="test items per task")
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=20, help="gradient steps per chip (0: twin alone)")
+    parser.add_argument(
+        "--twin-rank", type=int, default=0, help="closed-form twin correction of this rank first (0: off)"
+    )
+    parser.add_argument("--twin-ranks", type=int, nargs="+", default=[4, 8, 16, 32])
+    parser.add_argument("--tag", default="", help="results file suffix (runs side by side)")
     parser.add_argument("--calib-n", type=int, default=128)
     # distill won the loss selection on validation chips (bench_recalibrate_losses.json)
     parser.add_argument("--loss", default="distill", choices=("task", "distill", "both"))
-    parser.add_argument("--lr", type=float, default=1e-3)
+    # 3e-3 won the lr selection on validation chips (bench_recalibrate_lrs.json)
+    parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--grid", default="main", choices=tuple(GRIDS))
     parser.add_argument("--curve-steps", type=int, nargs="+", default=[5, 10, 20, 50])
     parser.add_argument("--curve-items", type=int, nargs="+", default=[32, 512])
@@ -185,7 +204,7 @@ def main() -> None:
     set_threads(args.threads)
     bench = Bench(args)
     GRIDS[args.grid](bench, args)
-    emit(NAME + ("" if args.grid == "main" else f"_{args.grid}"), {
+    emit(NAME + ("" if args.grid == "main" else f"_{args.grid}") + (f"_{args.tag}" if args.tag else ""), {
         "settings": vars(args), "environment": environment(), **summarise(bench, args)})  # fmt: skip
 
 

@@ -215,3 +215,21 @@ def test_recal_steps_zero_leaves_the_sweep_as_it_was(setup, tmp_path):
         assert "recalibration" not in text and "+recal" not in text, name
     for name in ("results.json", "results.csv", "summary.md", "sweep.json", "cells-rank0.jsonl"):
         assert (zero / name).read_text() == (plain / name).read_text(), name
+
+
+def test_a_twin_only_recalibration_has_no_equal_compute_steps_and_widens_the_adapter(setup, tmp_path):
+    _, folders, tasks = setup
+    out = tmp_path / "twin"
+    argv = sweep_argv(
+        out, folders, tasks, "--recal-twin-rank", "3", "--recal-calib-n", "8", "--recal-from", "lora"
+    )
+    assert main(argv) == 0
+    runs = json.loads((out / "results.json").read_text())["runs"]
+    assert cells(runs, "lora+recal") == {(HIGH, 0, 0), (HIGH, 1, 1)}
+    assert not cells(runs, "lora+steps")  # no gradient step, so no equal-compute baseline
+    recorded = [json.loads(line) for line in (out / "recal" / "runs.jsonl").read_text().splitlines()]
+    assert all(run["steps"] == 0 and 0 < run["twin_error_removed"] <= 1 for run in recorded)
+    tuned = torch.load(next((out / "recal" / "states").glob("lora_gaussian*_0/final.pt")))
+    source = adapter_state(folders["lora"])
+    widened = [name for name in source if tuned[name].shape != source[name].shape]
+    assert widened and all(tuned[name].numel() > source[name].numel() for name in widened)

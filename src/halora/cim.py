@@ -250,7 +250,7 @@ class _MemoryStash:
     def restore_into(self, name: str, weight: torch.Tensor) -> None:
         weight.copy_(self._tensors[name])
 
-    def tensor(self, name: str) -> torch.Tensor:
+    def tensor(self, name: str, like: torch.Tensor | None = None) -> torch.Tensor:
         return self._tensors[name]
 
     def close(self) -> None:
@@ -282,9 +282,16 @@ class _DiskStash:
             if self._file.readinto(view) != size:
                 raise RuntimeError(f"stash of {name} is truncated")
             return
-        staging = torch.empty_like(weight, device="cpu").contiguous()
-        self._file.readinto(_raw_bytes(staging))
-        weight.copy_(staging)
+        weight.copy_(self.tensor(name, weight))
+
+    def tensor(self, name: str, like: torch.Tensor) -> torch.Tensor:
+        """A CPU copy of the stashed weight (shaped and typed like `like`)."""
+        offset, size = self._offsets[name]
+        self._file.seek(offset)
+        staging = torch.empty_like(like, device="cpu").contiguous()
+        if self._file.readinto(_raw_bytes(staging)) != size:
+            raise RuntimeError(f"stash of {name} is truncated")
+        return staging
 
     def close(self) -> None:
         self._file.close()
@@ -430,6 +437,16 @@ class Chip:
         self._stash.close()
         self._stash = None
         self._retie_lm_head()
+
+    @torch.no_grad()
+    def programming_error(self, name: str) -> torch.Tensor:
+        """W' - W of one RRAM layer, [out, in] as nn.Linear stores it, float32, on the
+        weight's device: what program-and-verify's read-back tells a digital twin (read
+        noise, drawn afresh at every pass, is not part of it)."""
+        layer = self.layers[name]
+        clean = self._stash.tensor(name, layer.weight).to(layer.weight.device)
+        error = layer.weight.float() - clean.float()
+        return error if isinstance(layer, nn.Linear) else error.t()
 
     @contextmanager
     def clean_view(self) -> Iterator[None]:

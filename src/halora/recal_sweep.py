@@ -50,6 +50,7 @@ from halora.report import BASELINE
 from halora.settings import check, setting
 from halora.sweep import BASE, CLEAN, CellCache, ChipGrid, Condition, cell_key, cells_lock
 from halora.tasks import Task
+from halora.twin import embed_into, widen
 
 State = Callable[[], dict[str, torch.Tensor]]
 Log = Callable[[str], None]
@@ -92,7 +93,22 @@ class RecalRunner:
     def use(self, state: dict[str, torch.Tensor]) -> None:
         from peft import set_peft_model_state_dict
 
-        set_peft_model_state_dict(self.model, state)
+        if getattr(self.model, "twin_layout", None) is not None:
+            embed_into(self.model, state)  # a source's state gets a zero correction
+        else:
+            set_peft_model_state_dict(self.model, state)
+
+    def widen(self, rank: int) -> None:
+        """Give every RRAM layer `rank` correction rows (halora.twin), once per runner: all of
+        its states, sources included, are then held in that layout (a smaller twin rank uses
+        the first rows of a wider layout; widen first to the largest one to compare ranks)."""
+        layout = getattr(self.model, "twin_layout", None)
+        if layout is None:
+            self.model = widen(self.model, rank, self.placement)
+        elif layout.rank < rank:
+            raise UsageError(
+                f"twin rank {rank} after a run widened by {layout.rank}: widen first to the largest rank"
+            )
 
     def score(self, label: str, spec: str, seed: int, state: State, tuned_on: int | None = None) -> None:
         """Cells of the adapter `state()` under `label` on chip (spec, seed), unless cached."""
@@ -135,6 +151,8 @@ class RecalRunner:
         folder = self.out / "states" / _safe(key)
         final = folder / "final.pt"
         if not final.is_file():
+            if settings.twin_rank:
+                self.widen(settings.twin_rank)
             self.use(source())
             examples = calibration_examples(self.tasks, settings.calib_n)
             prepared = self._prepared(teacher, examples, settings)
@@ -159,17 +177,17 @@ class RecalRunner:
                 "seconds": round(result.seconds, 2),
                 "teacher_seconds": round(prepared.seconds, 2) if prepared else None,
                 "steps": result.steps,
-                "loss_first": result.losses[0],
-                "loss_last": result.final_loss,
+                "loss_first": result.losses[0] if result.losses else None,
+                "loss_last": result.final_loss if result.losses else None,
+                "twin_error_removed": result.removed,
                 "settings": dataclasses.asdict(settings),
             }
             self.runs[key] = record
             with (self.out / "runs.jsonl").open("a", encoding="utf-8") as handle:
                 handle.write(json.dumps(record) + "\n")
-            log(
-                f"  recalibrated {key}: {result.seconds:.0f} s, "
-                f"loss {result.losses[0]:.3f} -> {result.final_loss:.3f}"
-            )
+            loss = f", loss {result.losses[0]:.3f} -> {result.final_loss:.3f}" if result.losses else ""
+            twin = "" if result.removed is None else f", twin error removed {result.removed:.0%}"
+            log(f"  recalibrated {key}: {result.seconds:.0f} s{loss}{twin}")
 
         def load(step: int | None = None) -> dict[str, torch.Tensor]:
             return torch.load(folder / (f"step{step}.pt" if step else "final.pt"))
@@ -182,7 +200,7 @@ class RecalRunner:
             return None
         name = f"{teacher}|{dataclasses.asdict(settings)}"
         if name not in self.prepared:
-            self.prepared[name] = prepare(self.model, self.tokenizer, examples, settings)
+            self.prepared[name] = prepare(self.model, self.tokenizer, examples, settings, self.placement)
         return self.prepared[name]
 
 
@@ -215,8 +233,9 @@ def run_recalibration(runner: RecalRunner, plan: RecalPlan, log: Log = print) ->
         if plan.score_sources:
             runner.score(label, CLEAN, 0, source)
         extra = None
-        if plan.equal_compute:
-            baseline = dataclasses.replace(plan.settings, loss="task")
+        if plan.equal_compute and plan.settings.steps:
+            # the same gradient steps without a chip (a twin correction of a clean chip is 0)
+            baseline = dataclasses.replace(plan.settings, loss="task", twin_rank=0)
             extra = runner.tuned(source, f"{label}|steps", CLEAN, 0, baseline, log=log, teacher=label)
             runner.score(f"{label}+steps", CLEAN, 0, extra)
         for spec in plan.specs:
@@ -271,6 +290,9 @@ class RecalAxis:
     recal_sigmas: tuple[float, ...] = setting(
         (), "levels of --sigmas whose chips are recalibrated (empty: the highest)", min=0
     )
+    recal_twin_rank: int = setting(
+        0, "closed-form twin correction of rank K per RRAM layer before the steps (0: off)", min=0
+    )
 
     def __post_init__(self) -> None:
         check(self)
@@ -278,8 +300,17 @@ class RecalAxis:
     @property
     def settings(self) -> RecalSettings:
         return dataclasses.replace(
-            _RECAL, steps=self.recal_steps, calib_n=self.recal_calib_n, loss=self.recal_loss, lr=self.recal_lr
+            _RECAL,
+            steps=self.recal_steps,
+            calib_n=self.recal_calib_n,
+            loss=self.recal_loss,
+            lr=self.recal_lr,
+            twin_rank=self.recal_twin_rank,
         )
+
+    @property
+    def active(self) -> bool:
+        return bool(self.recal_steps or self.recal_twin_rank)
 
 
 def sweep_recal_plan(
@@ -293,7 +324,7 @@ def sweep_recal_plan(
     chips of the named levels, with the sweep's own chip seeds and test items. Refused in one
     line before anything runs: the analog forward, a source that is not an adapter of the
     sweep (or is the base model), a level that is not in the grid."""
-    if axis.recal_steps == 0:
+    if not axis.active:
         return None
     if analog:
         raise UsageError(

@@ -48,6 +48,7 @@ from halora.evaluate import EvalSettings, generate_ids
 from halora.precision import check_precision
 from halora.settings import check, setting
 from halora.tasks import Example, Task
+from halora.twin import InputMoments, input_moments, write_correction
 
 LOSSES = ("task", "distill", "both")
 
@@ -58,7 +59,7 @@ class RecalSettings:
 
     WHAT: ClassVar[str] = "recalibration setting"
 
-    steps: int = setting(20, "optimizer steps on the programmed chip", min=1)
+    steps: int = setting(20, "optimizer steps on the programmed chip (0: the twin correction alone)", min=0)
     calib_n: int = setting(128, "calibration items in all, shared evenly over the tasks (train split)", min=1)
     loss: str = setting(
         "distill",
@@ -66,7 +67,8 @@ class RecalSettings:
         "adapter, needs only prompts) or both",
         choices=LOSSES,
     )
-    lr: float = setting(1e-3, "learning rate (AdamW, constant)", min=0)
+    # 3e-3 beat 1e-3 and 1e-2 on validation chips (benchmarks/results/bench_recalibrate_lrs.json)
+    lr: float = setting(3e-3, "learning rate (AdamW, constant)", min=0)
     batch_size: int = setting(8, "calibration items per step", min=1)
     max_length: int = setting(96, "tokens per calibration item (the prompt is cut from the left)", min=1)
     # Label-free distillation still needs the positions that predict an answer: the clean
@@ -80,8 +82,21 @@ class RecalSettings:
         "fp32", "fp32, or bf16 autocast (GPU, or a CPU with bf16 units)", choices=("fp32", "bf16")
     )
 
+    # The closed-form correction (halora.twin) needs no labels and no gradient step; it
+    # widens the adapter by twin_rank rows on every RRAM layer (more SRAM, stated in the report).
+    twin_rank: int = setting(
+        0,
+        "rank of the closed-form correction of each RRAM layer's programming error, read from the "
+        "digital twin, added as extra LoRA rows before any step (0: off)",
+        min=0,
+    )
+
     def __post_init__(self) -> None:
         check(self)
+        if self.steps == 0 and self.twin_rank == 0:
+            raise UsageError(
+                "recalibration with 0 steps and no twin correction does nothing: set --steps or --twin-rank"
+            )
 
     @property
     def uses_labels(self) -> bool:
@@ -108,7 +123,8 @@ class Prepared:
 
     rows: list[Row]
     targets: list[TopK] | None
-    seconds: float  # the teacher's greedy answers and forward pass
+    seconds: float  # the teacher's greedy answers and forward pass (and the twin's moments)
+    moments: InputMoments | None = None  # RRAM layers' input statistics, for the twin correction
 
 
 @dataclass
@@ -116,6 +132,7 @@ class RecalResult:
     steps: int
     seconds: float  # teacher pass (when computed here) + tuning, not model loading or scoring
     losses: list[float] = field(default_factory=list)
+    removed: float | None = None  # twin: mean share of E|dW x|^2 its correction removes per layer
     snapshots: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)  # step -> LoRA state
 
     @property
@@ -209,7 +226,11 @@ def trainable_lora(model) -> list[torch.nn.Parameter]:
 
 
 def prepare(
-    model, tokenizer: PreTrainedTokenizerBase, examples: list[Example], settings: RecalSettings
+    model,
+    tokenizer: PreTrainedTokenizerBase,
+    examples: list[Example],
+    settings: RecalSettings,
+    placement: Placement = Placement(),
 ) -> Prepared:
     """Rows and teacher targets from `model` as it is now: the clean base with the starting
     adapter (call it before the chip is programmed), dropout off."""
@@ -218,8 +239,16 @@ def prepare(
     started = time.perf_counter()
     model.eval()
     rows = encode_rows(model, tokenizer, examples, settings)
-    targets = teacher_targets(model, rows, settings, pad_id(tokenizer)) if settings.distills else None
-    return Prepared(rows, targets, time.perf_counter() - started)
+    pad = pad_id(tokenizer)
+    targets = teacher_targets(model, rows, settings, pad) if settings.distills else None
+    moments = None
+    if settings.twin_rank:
+        batches = (
+            _collate(rows[start : start + settings.batch_size], pad)
+            for start in range(0, len(rows), settings.batch_size)
+        )
+        moments = input_moments(model, batches, placement)
+    return Prepared(rows, targets, time.perf_counter() - started, moments)
 
 
 def recalibrate(
@@ -243,18 +272,22 @@ def recalibrate(
     params = trainable_lora(model)
     device = next(model.parameters()).device
     check_precision(settings.precision, device.type)
+    _check_widened(model, settings)
     pad = pad_id(tokenizer)
     started = time.perf_counter()
     # Dropout off throughout: the chip is tuned for the deterministic model that is then
     # scored, and a student with dropout would never match its teacher exactly.
     model.eval()
     if prepared is None:
-        prepared = prepare(model, tokenizer, examples, settings)
+        prepared = prepare(model, tokenizer, examples, settings, placement)
     rows, targets = prepared.rows, prepared.targets
     optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=0.0)
     order = _batch_order(len(rows), settings)
-    losses, snapshots = [], {}
-    with program_chip(model, noise, chip_seed, placement):
+    losses, snapshots, removed = [], {}, None
+    with program_chip(model, noise, chip_seed, placement) as chip:
+        if settings.twin_rank:
+            shares = write_correction(model, chip, prepared.moments, settings.twin_rank)
+            removed = sum(shares.values()) / len(shares)
         for picked in order:
             batch = {k: v.to(device) for k, v in _collate([rows[i] for i in picked], pad).items()}
             with _autocast(settings.precision, device):
@@ -266,7 +299,17 @@ def recalibrate(
             losses.append(float(loss.detach()))
             if len(losses) in snapshot_steps:
                 snapshots[len(losses)] = lora_state(model)
-    return RecalResult(len(order), time.perf_counter() - started, losses, snapshots)
+    return RecalResult(len(order), time.perf_counter() - started, losses, removed, snapshots)
+
+
+def _check_widened(model, settings: RecalSettings) -> None:
+    """The twin correction writes into rows that `halora.twin.widen` adds beforehand."""
+    layout = getattr(model, "twin_layout", None)
+    if settings.twin_rank and (layout is None or layout.rank < settings.twin_rank):
+        raise UsageError(
+            f"twin_rank {settings.twin_rank} needs the adapter widened by that many rows first "
+            "(halora.twin.widen(model, rank)); halora recalibrate and halora sweep do it"
+        )
 
 
 def lora_state(model) -> dict[str, torch.Tensor]:
@@ -326,4 +369,5 @@ def recalibration_record(
         "steps": result.steps,
         "seconds": round(result.seconds, 2),
         "final_loss": result.final_loss,
+        "twin_error_removed": result.removed,
     }

@@ -61,6 +61,10 @@ def run(args: argparse.Namespace) -> int:
     trained = check_base(source, model, chosen.label)
     model = load_trainable(model, source)
     before = _score(model, tokenizer, tasks, chip, placement, args.evaluate)
+    if settings.twin_rank:
+        from halora.twin import widen
+
+        model = widen(model, settings.twin_rank, placement)
     result = recalibrate(model, tokenizer, examples, chip.noise, chip.chip_seed, settings, placement)
     after = _score(model, tokenizer, tasks, chip, placement, args.evaluate)
     record = trained | {
@@ -71,9 +75,16 @@ def run(args: argparse.Namespace) -> int:
     if before is not None:
         record["recalibration"]["evaluation"] = {"items": args.evaluate, "before": before, "after": after}
     _write_adapter(model, out, {SIDECAR: record})
+    what = []
+    if result.removed is not None:
+        removed = f"{100 * result.removed:.0f} % of E|dW x|^2 removed"
+        what.append(f"twin correction rank {settings.twin_rank}: {removed}")
+    if result.losses:
+        what.append(
+            f"{result.steps} steps, {settings.loss} loss {result.losses[0]:.4f} -> {result.final_loss:.4f}"
+        )
     print(
-        f"tuned {source} on chip {chip.noise} seed {chip.chip_seed}: {result.steps} steps "
-        f"({settings.loss} loss {result.losses[0]:.4f} -> {result.final_loss:.4f}) "
+        f"tuned {source} on chip {chip.noise} seed {chip.chip_seed} ({'; '.join(what)}) "
         f"in {result.seconds:.1f} s; adapter in {out}"
     )
     if before is not None:

@@ -107,15 +107,15 @@ def _shown(value: object) -> str:
 
 
 def recal_axis_from(args: argparse.Namespace) -> RecalAxis:
-    """The recalibration flags; any of them without --recal-steps N > 0 would be ignored,
-    and is refused instead."""
+    """The recalibration flags; any of them without --recal-steps N > 0 or
+    --recal-twin-rank K > 0 would be ignored, and is refused instead."""
     given = given_flags(args, RecalAxis)
     axis = RecalAxis(**given)
-    stray = [flag_name(name) for name in given if name != "recal_steps"]
-    if axis.recal_steps == 0 and stray:
+    stray = [flag_name(name) for name in given if name not in ("recal_steps", "recal_twin_rank")]
+    if not axis.active and stray:
         raise UsageError(
-            f"{', '.join(stray)} without --recal-steps N (N > 0) would do nothing: "
-            "give --recal-steps, or drop them"
+            f"{', '.join(stray)} without --recal-steps N or --recal-twin-rank K (> 0) would do "
+            "nothing: give one of them, or drop them"
         )
     return axis
 
