@@ -351,3 +351,13 @@ def test_demo_time_estimate_says_whose_it_is():
     assert "SmolLM2" not in _estimate_text(DemoSettings(), 25)
     other = _estimate_text(DemoSettings(model="tiny"), 25)
     assert "about 25 min for SmolLM2-135M on 2 CPU cores" in other and "tiny" in other
+
+
+def test_the_twin_correction_is_charged_as_sram_lora_linear_in_its_rank():
+    """Each twin row adds one A and one B row of LoRA work on every block matrix: the SRAM
+    LoRA energy grows linearly with the twin rank, and rank 0 is the plain adapter."""
+    plain, four, eight = (report("smollm2-135m", twin_rank=rank) for rank in (0, 4, 8))
+    assert plain.twin_rank == 0 and eight.to_json()["twin_rank"] == 8
+    lora = [each.breakdown()["sram_lora"] for each in (plain, four, eight)]
+    assert lora[2] - lora[0] == pytest.approx(2 * (lora[1] - lora[0]), rel=1e-9)
+    assert lora[1] > lora[0] and four.breakdown()["rram_array"] == plain.breakdown()["rram_array"]

@@ -66,9 +66,10 @@ class DemoSettings:
         "adapters recalibrated per chip at the highest sigma, of those trained (none: '')",
         choices=METHODS,
     )
-    recal_steps: int = setting(10, "recalibration steps per chip", min=1)
+    recal_steps: int = setting(10, "recalibration steps per chip (0: the twin correction alone)", min=0)
     recal_calib_n: int = setting(64, "calibration items (train split) per recalibration", min=1)
     recal_loss: str = setting("distill", "recalibration loss: task, distill or both", choices=LOSSES)
+    recal_twin_rank: int = setting(0, "twin correction rank per RRAM layer, before the steps (0: off)", min=0)
     # The time axis (halora.sweep.ChipGrid): the test chips aged after programming. Off in
     # the presets: each time adds `chips` chip scorings (twice with compensate = "both").
     times: tuple[str, ...] = setting((), "times after programming, e.g. 1s,1h,1d,1w,1mo (empty: none)")
@@ -91,7 +92,11 @@ class DemoSettings:
     @property
     def recal(self) -> RecalSettings:
         return RecalSettings(
-            steps=self.recal_steps, calib_n=self.recal_calib_n, loss=self.recal_loss, max_length=96
+            steps=self.recal_steps,
+            calib_n=self.recal_calib_n,
+            loss=self.recal_loss,
+            max_length=96,
+            twin_rank=self.recal_twin_rank,
         )
 
     def recipe(self, method: str, progress: bool = False) -> TrainSettings:
@@ -179,6 +184,9 @@ SECONDS_PER_ITEM = 0.07
 # distill's teacher: a greedy answer and a forward pass per calibration item (estimated from
 # 1.1 s per item measured on an AVX2-only CPU under load, 2026-12-03, over its 2.5x slowdown)
 SECONDS_PER_TEACHER_ITEM = 0.4
+# the twin correction of one SmolLM2 chip (SVDs of every RRAM layer), measured by
+# bench_recalibrate --grid twin at 10-11 s on the 2-core AVX-512 CPU
+SECONDS_PER_TWIN = 11.0
 
 
 def estimate_minutes(settings: DemoSettings, n_tasks: int) -> float:
@@ -196,6 +204,8 @@ def estimate_minutes(settings: DemoSettings, n_tasks: int) -> float:
     scored = sources * (2 * settings.chips + 1) * n_tasks * settings.items
     teacher = sources * settings.chips * settings.recal_calib_n * SECONDS_PER_TEACHER_ITEM
     seconds += tunings * settings.recal_steps * SECONDS_PER_STEP + scored * SECONDS_PER_ITEM + teacher
+    if settings.recal_twin_rank:
+        seconds += sources * settings.chips * SECONDS_PER_TWIN
     scale = 1.0 if not torch.cuda.is_available() else 0.1
     return scale * seconds / 60 + 1.0  # + loading, programming and writing
 

@@ -86,6 +86,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=",".join(PAPER_TARGETS),
         help=f"comma-separated LoRA targets (default {','.join(PAPER_TARGETS)})",
     )
+    parser.add_argument(
+        "--twin-rank",
+        default="0",
+        help="rows of the twin correction (halora recalibrate --twin-rank) charged on every block matrix",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--plot", metavar="FILE", help="write a breakdown bar chart (.png, .pdf or .svg)")
 
@@ -112,6 +117,7 @@ def _add_chip_flags(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     tokens = _int_flag(args.tokens, "--tokens", minimum=1, maximum=MAX_TOKENS)
     rank = _int_flag(args.rank, "--rank", minimum=1)
+    twin_rank = _int_flag(args.twin_rank, "--twin-rank", minimum=0)
     prompt = _int_flag(args.prompt, "--prompt", minimum=0, maximum=MAX_TOKENS)
     overrides = read_overrides_file(args.preset_file) if args.preset_file else {}
     overrides.update(parse_override(item) for item in args.set)
@@ -119,7 +125,9 @@ def run(args: argparse.Namespace) -> int:
     hardware, cells_from = _apply_cells(hardware, args)
     arch = load_arch(args.model)
     targets = tuple(name.strip() for name in args.targets.split(",") if name.strip())
-    report = estimate(arch, hardware, tokens, rank, targets, phase=args.phase, prompt=prompt)
+    report = estimate(
+        arch, hardware, tokens, rank, targets, phase=args.phase, prompt=prompt, twin_rank=twin_rank
+    )
     if args.plot:
         plot_report(report, args.plot)
     if args.json:
@@ -186,7 +194,9 @@ def print_report(report: EnergyReport, cells_from: str = "") -> None:
     run = report.run
     console.print(
         f"{report.model}: {run.phase} of {run.tokens} tokens, LoRA r={report.lora_rank} "
-        f"on {','.join(report.lora_targets)}; preset {report.preset}"
+        f"on {','.join(report.lora_targets)}"
+        + (f" + twin correction r={report.twin_rank} on every block matrix" if report.twin_rank else "")
+        + f"; preset {report.preset}"
     )
     console.print(f"counting: {report.counting}")
     conv = report.converters

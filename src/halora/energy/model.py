@@ -121,16 +121,24 @@ def counting_note(arch: Arch, rules: WorkloadRules, preset_layout: str) -> str:
     return f"{rules.layout}: {shapes}, {attention}; leaves out {' and '.join(left_out)}{why}"
 
 
-def count_work(arch: Arch, rules: WorkloadRules, run: Run, rank: int, targets: tuple[str, ...]) -> Work:
-    """What `run` computes on `arch`, counted by `rules` (resolved: see resolve_workload)."""
+def count_work(
+    arch: Arch, rules: WorkloadRules, run: Run, rank: int, targets: tuple[str, ...], twin_rank: int = 0
+) -> Work:
+    """What `run` computes on `arch`, counted by `rules` (resolved: see resolve_workload).
+    `twin_rank`: the twin correction's rows (halora.twin) on every block matrix, charged as
+    LoRA branches of that rank beside the task LoRA."""
     rules = resolve_workload(arch, rules)
     base = block_matrices(arch, rules.layout, rules.include_lm_head)
+    twin = [m for m in base if m.name != "lm_head"]
+    lora = lora_matrices(base, rank, targets)
+    if twin_rank:
+        lora += lora_matrices(twin, twin_rank, tuple(m.name for m in twin))
     exact = rules.layout == "exact"
     causal = rules.causal_attention or run.phase == "decode"
     return Work(
         run=run,
         base=tuple(base),
-        lora=tuple(lora_matrices(base, rank, targets)),
+        lora=tuple(lora),
         layers=arch.layers,
         heads=arch.heads,
         hidden=arch.hidden,
@@ -283,12 +291,16 @@ def estimate(
     lora_targets: tuple[str, ...] = PAPER_TARGETS,
     phase: str = "prefill",
     prompt: int = 0,
+    twin_rank: int = 0,
 ) -> EnergyReport:
-    """Energy and area of running `arch` on every design and GPU of `hardware`."""
+    """Energy and area of running `arch` on every design and GPU of `hardware`; `twin_rank`
+    adds the twin correction's SRAM branches (halora.twin) on every block matrix."""
     _check_request(tokens, lora_rank, lora_targets, phase, prompt)
+    if not isinstance(twin_rank, int) or twin_rank < 0:
+        raise UsageError(f"the twin rank must be an integer >= 0, got {twin_rank!r}")
     run = Run(tokens, phase, prompt)
     rules = resolve_workload(arch, hardware.workload)
-    work = count_work(arch, rules, run, lora_rank, tuple(lora_targets))
+    work = count_work(arch, rules, run, lora_rank, tuple(lora_targets), twin_rank)
     ledgers = {design: design_costs(design, work, hardware) for design in DESIGNS}
     gpu_mj = {name: gpu_energy_j(gpu, hardware.gpu, work) * 1000 for name, gpu in hardware.gpus.items()}
     seconds = {name: gpu_seconds(gpu, hardware.gpu.precision, work) for name, gpu in hardware.gpus.items()}
@@ -306,6 +318,7 @@ def estimate(
         run=run,
         lora_rank=lora_rank,
         lora_targets=tuple(lora_targets),
+        twin_rank=twin_rank,
         hybrid_costs=tuple(ledgers["hybrid"]),
         design_mj={d: sum(c.pj for c in costs) / PJ_PER_MJ for d, costs in ledgers.items()},
         gpu_mj=gpu_mj,

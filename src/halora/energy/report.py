@@ -30,6 +30,7 @@ class EnergyReport:
     run: Run
     lora_rank: int
     lora_targets: tuple[str, ...]
+    twin_rank: int  # the twin correction's rows on every block matrix (0: none)
     hybrid_costs: tuple[Cost, ...]
     design_mj: dict[str, float]
     gpu_mj: dict[str, float]
@@ -85,6 +86,7 @@ class EnergyReport:
                 "prompt": self.run.prompt,
                 "lora_rank": self.lora_rank,
                 "lora_targets": list(self.lora_targets),
+                "twin_rank": self.twin_rank,
                 "hybrid_mj": self.hybrid_mj,
                 "gpu": self.gpu_reference,
                 "gpu_mj": self.gpu_mj[self.gpu_reference],

@@ -70,6 +70,13 @@ class StudySettings:
     # distill: chosen over task and both on validation chips (README, "Per-chip recalibration")
     recal_loss: str = setting("distill", "recalibration loss: task, distill or both", choices=LOSSES)
     recal_from: tuple[str, ...] = setting((), "method families recalibrated (empty: every kept one)")
+    # The twin correction (halora.twin): closed form, no labels, applied before the steps.
+    recal_twin_rank: int = setting(0, "twin correction rank per RRAM layer (0: off)", min=0)
+
+    @property
+    def recalibrates(self) -> bool:
+        return bool(self.recal_steps or self.recal_twin_rank)
+
     # The time axis (halora.sweep.ChipGrid), on the test chips only: selection stays on the
     # Gaussian levels, so the arms are chosen without looking at the times they are tested at.
     times: tuple[str, ...] = setting((), "test times after programming, e.g. 1s,1h,1d,1w,1mo")
@@ -96,7 +103,7 @@ class StudySettings:
         beside analog test cells their numbers would describe another chip."""
         if self.converters is None:
             return
-        for name, value in (("calibrate_drop", self.calibrate_drop), ("recal_steps", self.recal_steps)):
+        for name, value in (("calibrate_drop", self.calibrate_drop), ("recal_steps", int(self.recalibrates))):
             if value > 0:
                 raise UsageError(
                     f"{name} = {value:g} with the analog forward: that step has no analog forward "

@@ -7,7 +7,7 @@
                 split, on the same chips: clean, every test sigma, stuck-at faults, and
                 (times set) the time-dependent device at every time, with and/or without
                 drift compensation
-    2b. recal   (recal_steps > 0) each kept arm's seed-0 adapter tuned to every test chip
+    2b. recal   (recal_steps or recal_twin_rank > 0) each kept arm's seed-0 adapter tuned to every test chip
                 of the recalibration levels, scored there and on the next chip, beside the
                 same extra steps without a chip (halora.recal_sweep)
     3. report   mean accuracy with 95 % bootstrap intervals (over chips, training seeds and
@@ -92,7 +92,7 @@ def run_study(study: StudySettings, out: str | Path, log: Log = print) -> dict:
     }
     report = build_report(study, chosen, selection, finals)
     report["calibration"] = calibration.to_json() if calibration else None
-    if study.recal_steps > 0:
+    if study.recalibrates:
         report["recalibration"] = _recalibrate(study, tasks, chosen, final_adapters, extra_sigma, out, log)
     files.write_json(out / "results.json", report)
     files.write_text(out / "report.md", report_markdown(report))
@@ -124,7 +124,7 @@ def _recalibrate(
     sigmas = (*study.recal_sigmas, *extra_sigma)
     settings = RecalSettings(
         steps=study.recal_steps, calib_n=study.recal_calib_n, loss=study.recal_loss,
-        max_length=study.base.get("max_length", 96),
+        max_length=study.base.get("max_length", 96), twin_rank=study.recal_twin_rank,
     )  # fmt: skip
     evaluation = EvalSettings(items=study.test_items, eval_batch_size=32, scorer="loglik")
     specs = tuple(GAUSSIAN_TEMPLATE.format(sigma=sigma) for sigma in sigmas)
