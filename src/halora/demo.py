@@ -202,7 +202,7 @@ def estimate_minutes(settings: DemoSettings, n_tasks: int) -> float:
     # on its chip, the equal-compute one on every chip and clean
     tunings = sources * (settings.chips + 1)
     scored = sources * (2 * settings.chips + 1) * n_tasks * settings.items
-    teacher = sources * settings.chips * settings.recal_calib_n * SECONDS_PER_TEACHER_ITEM
+    teacher = sources * settings.recal_calib_n * SECONDS_PER_TEACHER_ITEM  # once per source
     seconds += tunings * settings.recal_steps * SECONDS_PER_STEP + scored * SECONDS_PER_ITEM + teacher
     if settings.recal_twin_rank:
         seconds += sources * settings.chips * SECONDS_PER_TWIN
@@ -282,6 +282,9 @@ def _energy_text(settings: DemoSettings) -> str:
             arch = load_arch(settings.model)
     if arch is not None:
         lines.append(_energy_line(arch, settings.rank, name))
+        if settings.recal_twin_rank and settings.recal_from:
+            twin = f"+ twin r{settings.recal_twin_rank}"
+            lines.append(_energy_line(arch, settings.rank, twin, settings.recal_twin_rank))
     else:
         lines.append(
             f"  {name}: no energy preset for this model (bundled: {', '.join(bundled_models())}; "
@@ -293,11 +296,12 @@ def _energy_text(settings: DemoSettings) -> str:
     return "\n".join(lines)
 
 
-def _energy_line(arch: Arch, rank: int, name: str) -> str:
-    """One model's 512-token prefill on the paper preset: hybrid CIM against the A100."""
+def _energy_line(arch: Arch, rank: int, name: str, twin_rank: int = 0) -> str:
+    """One model's 512-token prefill on the paper preset: hybrid CIM against the A100
+    (`twin_rank`: with the twin correction's SRAM rows on every RRAM layer)."""
     from halora.energy import estimate, load_preset
 
-    data = estimate(arch, load_preset("paper"), tokens=512, lora_rank=rank).to_json()
+    data = estimate(arch, load_preset("paper"), tokens=512, lora_rank=rank, twin_rank=twin_rank).to_json()
     return (
         f"  {name:14s} hybrid CIM {data['hybrid_mj']:.2f} mJ vs A100 "
         f"{data['gpu_mj']:.1f} mJ ({100 * data['ratio']:.1f} %)"

@@ -240,7 +240,8 @@ def prepare(
     model.eval()
     rows = encode_rows(model, tokenizer, examples, settings)
     pad = pad_id(tokenizer)
-    targets = teacher_targets(model, rows, settings, pad) if settings.distills else None
+    # the top-k targets serve the distillation steps only (a twin alone needs the rows)
+    targets = teacher_targets(model, rows, settings, pad) if settings.distills and settings.steps else None
     moments = None
     if settings.twin_rank:
         batches = (

@@ -103,7 +103,8 @@ class StudySettings:
         beside analog test cells their numbers would describe another chip."""
         if self.converters is None:
             return
-        for name, value in (("calibrate_drop", self.calibrate_drop), ("recal_steps", int(self.recalibrates))):
+        steps = (("calibrate_drop", self.calibrate_drop), ("recal_steps", self.recal_steps))
+        for name, value in (*steps, ("recal_twin_rank", self.recal_twin_rank)):
             if value > 0:
                 raise UsageError(
                     f"{name} = {value:g} with the analog forward: that step has no analog forward "
