@@ -106,14 +106,17 @@ def selection_grid(bench: Bench, args, variants: dict[str, RecalSettings]) -> No
 
 
 def twin_grid(bench: Bench, args) -> None:
-    """The twin correction (halora.twin) at each of --twin-ranks alone, and at the largest
-    one followed by --steps gradient steps of --loss: the selection of its rank and of
-    whether steps still pay (first source, first sigma)."""
+    """The twin correction (halora.twin) at each of --twin-ranks alone, at the largest one
+    followed by --steps gradient steps of --loss (the selection of its rank and of whether
+    steps still pay), and at the largest one from each of --twin-items calibration items
+    (first source, first sigma)."""
     top = max(args.twin_ranks)
     bench.runner.widen(top)  # every rank uses the first rows of one layout
     variants = {f"twin{rank}": settings_from(args, twin_rank=rank, steps=0) for rank in args.twin_ranks}
     if args.steps:
         variants[f"twin{top}+{args.loss}{args.steps}"] = settings_from(args, twin_rank=top)
+    for items in args.twin_items:  # the curve against calibration items, at the largest rank
+        variants[f"twin{top}-{items}items"] = settings_from(args, twin_rank=top, steps=0, calib_n=items)
     selection_grid(bench, args, variants)
 
 
@@ -183,6 +186,7 @@ def main() -> None:
         "--twin-rank", type=int, default=0, help="closed-form twin correction of this rank first (0: off)"
     )
     parser.add_argument("--twin-ranks", type=int, nargs="+", default=[4, 8, 16, 32])
+    parser.add_argument("--twin-items", type=int, nargs="*", default=[], help="twin grid: items curve")
     parser.add_argument("--tag", default="", help="results file suffix (runs side by side)")
     parser.add_argument("--calib-n", type=int, default=128)
     # distill won the loss selection on validation chips (bench_recalibrate_losses.json)
