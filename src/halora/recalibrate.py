@@ -24,6 +24,11 @@ W'ᵀ from the crossbar's transpose read). Only A and B are ever written.
                              that clean model's own greedy answers
     both      yes            the sum, on prompt + answer
 
+With `twin_rank = k` the adapter (widened beforehand by `halora.twin.widen`) first gets
+the twin correction: k more LoRA rows per RRAM layer, fitted in closed form to the chip's
+programming error on the calibration prompts' activations (no labels, no step); `steps = 0`
+makes that the whole recalibration.
+
 Calibration items come from the tasks' train split (the first ones of each task), never
 from the test split the chip is then scored on. With `noise = none` the same command gives
 the adapter the same extra steps without a chip: the equal-compute baseline.
