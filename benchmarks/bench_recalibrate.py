@@ -203,13 +203,35 @@ def main() -> None:
         choices=("fp32", "bf16"),
         help="bf16 autocast (a CPU with bf16 units); use its own --out, cells are keyed without it",
     )
+    parser.add_argument(
+        "--calibrate-drop",
+        type=float,
+        default=0,
+        help="first find the sigma at which the first source loses this many points (halora.calibrate: "
+        "calibration chips, val split) and add it to --sigmas",
+    )
     parser.add_argument("--threads", type=int, default=0)
     args = parser.parse_args()
     set_threads(args.threads)
+    calibration = calibrated_level(args) if args.calibrate_drop else None
     bench = Bench(args)
     GRIDS[args.grid](bench, args)
     emit(NAME + ("" if args.grid == "main" else f"_{args.grid}") + (f"_{args.tag}" if args.tag else ""), {
-        "settings": vars(args), "environment": environment(), **summarise(bench, args)})  # fmt: skip
+        "settings": vars(args), "environment": environment(),
+        "calibration": calibration, **summarise(bench, args)})  # fmt: skip
+
+
+def calibrated_level(args) -> dict:
+    """The model-calibrated level of the first source, put first in args.sigmas."""
+    from pathlib import Path
+
+    from halora.calibrate import calibrate_sigma
+
+    label, folder = args.source[0].split("=", 1)
+    tasks, out = load_tasks(args.tasks), Path(args.out) / "calibrate"
+    found = calibrate_sigma(args.model, tasks, (label, folder), args.calibrate_drop, out, log=log)
+    args.sigmas = [found.sigma, *(sigma for sigma in args.sigmas if sigma != found.sigma)]
+    return found.to_json()
 
 
 if __name__ == "__main__":
