@@ -176,7 +176,7 @@ def load_adapters(
                 if peft_model is None:
                     peft_model = PeftModel.from_pretrained(model, Path(folder), adapter_name=label)
                 else:
-                    peft_model.load_adapter(Path(folder), adapter_name=label)
+                    _load_another(peft_model, Path(folder), label)
         except (pickle.UnpicklingError, EOFError) as err:
             raise _unpickling_error(label, folder, err) from err
         except (ValueError, KeyError, RuntimeError) as err:
@@ -187,6 +187,33 @@ def load_adapters(
             ) from err
     peft_model.eval()
     return peft_model
+
+
+def _load_another(peft_model: PeftModel, folder: Path, label: str) -> None:
+    """A second (third, ...) adapter beside the first. PEFT 0.22's missing-key check matches
+    the adapter name as a substring of every key (label "b" matches "base_model", so it
+    reports the other adapters' keys as missing): its check is off and the loaded tensors are
+    compared with the file here instead."""
+    import inspect
+
+    from peft import get_peft_model_state_dict
+
+    if "strict_adapter_check" not in inspect.signature(peft_model.load_adapter).parameters:
+        peft_model.load_adapter(folder, adapter_name=label)  # older PEFT: no such check
+        return
+    peft_model.load_adapter(folder, adapter_name=label, strict_adapter_check="ignore")
+    weights = folder / "adapter_model.safetensors"
+    if not weights.is_file():
+        return
+    from safetensors.torch import load_file
+
+    saved = load_file(str(weights))
+    loaded = get_peft_model_state_dict(peft_model, adapter_name=label, save_embedding_layers=False)
+    wrong = [
+        name for name, tensor in saved.items() if name not in loaded or not torch.equal(loaded[name], tensor)
+    ]
+    if wrong:
+        raise UsageError(f"adapter {label}={folder}: {wrong[0]} did not load ({len(wrong)} tensors in all)")
 
 
 def _unpickling_error(label: str, folder: str | Path, err: Exception) -> UsageError:

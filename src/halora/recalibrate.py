@@ -322,7 +322,10 @@ def lora_state(model) -> dict[str, torch.Tensor]:
     """A copy of the active adapter's LoRA tensors (PEFT's state-dict names)."""
     from peft import get_peft_model_state_dict
 
-    return {name: tensor.detach().clone() for name, tensor in get_peft_model_state_dict(model).items()}
+    return {
+        name: tensor.detach().clone()
+        for name, tensor in get_peft_model_state_dict(model, save_embedding_layers=False).items()
+    }
 
 
 def _batch_order(n: int, settings: RecalSettings) -> list[list[int]]:

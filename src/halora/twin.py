@@ -99,7 +99,7 @@ def widen(model, rank: int, placement: Placement = Placement()):
         {name: float(module.scaling[adapter]) for name, module in sources.items()},
         rram,
     )
-    state = get_peft_model_state_dict(model)
+    state = get_peft_model_state_dict(model, save_embedding_layers=False)
     base = model.unload()
     names = list(dict.fromkeys([*sources, *rram]))
     ranks = {name: layout.source_ranks.get(name, 0) + (rank if name in rram else 0) for name in names}
@@ -130,7 +130,10 @@ def embed_state(model, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
     from peft import get_peft_model_state_dict
 
     layout: TwinLayout = model.twin_layout
-    wide = {name: torch.zeros_like(tensor) for name, tensor in get_peft_model_state_dict(model).items()}
+    wide = {
+        name: torch.zeros_like(tensor)
+        for name, tensor in get_peft_model_state_dict(model, save_embedding_layers=False).items()
+    }
     if all(state.get(name) is not None and state[name].shape == t.shape for name, t in wide.items()):
         return state
     for name, tensor in state.items():
