@@ -144,6 +144,17 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("halora: interrupted", file=sys.stderr)
         return 130
+    finally:
+        _close_process_group()
+
+
+def _close_process_group() -> None:
+    """Under torchrun the Trainer opens a process group and nothing closes it: a gloo group
+    left to the interpreter's exit aborted a rank now and then ("terminate called without
+    an active exception"), so it is closed here, once the command is done."""
+    distributed = sys.modules.get("torch.distributed")
+    if distributed is not None and distributed.is_available() and distributed.is_initialized():
+        distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
