@@ -120,6 +120,28 @@ def twin_grid(bench: Bench, args) -> None:
     selection_grid(bench, args, variants)
 
 
+def ageing_grid(bench: Bench, args) -> None:
+    """The twin correction computed right after programming (the first of --times) and left
+    in SRAM while the same chip ages (--time-noise at each later time; one chip's draws are
+    correlated over t): the first source with and without it, on every chip and time; and
+    the twin recomputed at each later time (+twin@t: recalibrating as the chip ages)."""
+    from halora.noise.ageing import at_times
+
+    specs = at_times(args.time_noise, ",".join(args.times))
+    label = next(iter(bench.sources))
+    source, runner = bench.source(label), bench.runner
+    settings = settings_from(args, steps=0, twin_rank=args.twin_rank or 64)
+    runner.score(label, CLEAN, 0, source)
+    for seed in bench.seeds:
+        tuned = runner.tuned(source, f"{label}|ageing|{specs[0]}|{seed}", specs[0], seed, settings, log=log)
+        for spec in specs:
+            runner.score(label, spec, seed, source)
+            runner.score(f"{label}+twin@{args.times[0]}", spec, seed, tuned, tuned_on=seed)
+        for spec in specs[1:]:  # the twin recomputed at the time it is scored (periodic recalibration)
+            again = runner.tuned(source, f"{label}|ageing|{spec}|{seed}", spec, seed, settings, log=log)
+            runner.score(f"{label}+twin@t", spec, seed, again, tuned_on=seed)
+
+
 def curves_grid(bench: Bench, args) -> None:
     """Recovery against calibration steps (snapshots of one run) and items, first source."""
     spec = GAUSSIAN_TEMPLATE.format(sigma=args.sigmas[0])
@@ -166,7 +188,14 @@ def summarise(bench: Bench, args) -> dict:
     return summary
 
 
-GRIDS = {"main": main_grid, "losses": losses_grid, "lrs": lrs_grid, "curves": curves_grid, "twin": twin_grid}
+GRIDS = {
+    "main": main_grid,
+    "losses": losses_grid,
+    "lrs": lrs_grid,
+    "curves": curves_grid,
+    "twin": twin_grid,
+    "ageing": ageing_grid,
+}
 
 
 def main() -> None:
@@ -188,6 +217,8 @@ def main() -> None:
     parser.add_argument("--twin-ranks", type=int, nargs="+", default=[4, 8, 16, 32])
     parser.add_argument("--twin-items", type=int, nargs="*", default=[], help="twin grid: items curve")
     parser.add_argument("--tag", default="", help="results file suffix (runs side by side)")
+    parser.add_argument("--times", nargs="+", default=["1s", "1h", "1d", "1w", "1mo"], help="ageing grid")
+    parser.add_argument("--time-noise", default="cmo:accept=0.2+cmo_read", help="ageing grid: chip")
     parser.add_argument("--calib-n", type=int, default=128)
     # distill won the loss selection on validation chips (bench_recalibrate_losses.json)
     parser.add_argument("--loss", default="distill", choices=("task", "distill", "both"))
