@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -193,9 +194,7 @@ def teacher_targets(model, rows: list[Row], settings: RecalSettings, pad: int) -
     base with the starting adapter; the caller has dropout off)."""
     device = next(model.parameters()).device
     targets = []
-    for start in range(0, len(rows), settings.batch_size):
-        chunk = rows[start : start + settings.batch_size]
-        batch = _collate(chunk, pad)
+    for chunk, batch in _batches(rows, settings.batch_size, pad):
         logits = model(
             input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
         ).logits
@@ -204,6 +203,13 @@ def teacher_targets(model, rows: list[Row], settings: RecalSettings, pad: int) -
             length = len(row.input_ids)
             targets.append(TopK(top.logprobs[index, :length].cpu(), top.indices[index, :length].cpu()))
     return targets
+
+
+def _batches(rows: list[Row], size: int, pad: int) -> Iterator[tuple[list[Row], dict[str, torch.Tensor]]]:
+    """The rows in order, `size` at a time, each chunk with its right-padded batch."""
+    for start in range(0, len(rows), size):
+        chunk = rows[start : start + size]
+        yield chunk, _collate(chunk, pad)
 
 
 def _stack_targets(targets: list[TopK], width: int) -> TopK:
@@ -249,10 +255,7 @@ def prepare(
     targets = teacher_targets(model, rows, settings, pad) if settings.distills and settings.steps else None
     moments = None
     if settings.twin_rank:
-        batches = (
-            _collate(rows[start : start + settings.batch_size], pad)
-            for start in range(0, len(rows), settings.batch_size)
-        )
+        batches = (batch for _, batch in _batches(rows, settings.batch_size, pad))
         moments = input_moments(model, batches, placement)
     return Prepared(rows, targets, time.perf_counter() - started, moments)
 
