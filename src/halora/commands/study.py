@@ -22,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--study",
         default="reduced",
-        help=f"a bundled study ({', '.join(bundled_studies())}; reduced takes about 70 min on 2 CPU "
+        help=f"a bundled study ({', '.join(bundled_studies())}; reduced takes about 2 h on 2 CPU "
         "cores, full is for GPUs), or a study TOML with a [study] table and [[arm]] tables "
         "(default: reduced)",
     )
