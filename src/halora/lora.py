@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import ClassVar, Literal
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict
 from peft.tuners.lora import LoraLayer
 from torch import nn
 
@@ -189,14 +189,19 @@ def load_adapters(
     return peft_model
 
 
+def adapter_tensors(model, adapter_name: str = "default") -> dict[str, torch.Tensor]:
+    """The adapter's LoRA tensors under PEFT's state-dict names (not copies). Embedding
+    layers are left out explicitly: asked to decide, PEFT probes the model's config for
+    resized embeddings, which halora never trains."""
+    return get_peft_model_state_dict(model, adapter_name=adapter_name, save_embedding_layers=False)
+
+
 def _load_another(peft_model: PeftModel, folder: Path, label: str) -> None:
     """A second (third, ...) adapter beside the first. PEFT 0.22's missing-key check matches
     the adapter name as a substring of every key (label "b" matches "base_model", so it
     reports the other adapters' keys as missing): its check is off and the loaded tensors are
     compared with the file here instead."""
     import inspect
-
-    from peft import get_peft_model_state_dict
 
     if "strict_adapter_check" not in inspect.signature(peft_model.load_adapter).parameters:
         peft_model.load_adapter(folder, adapter_name=label)  # older PEFT: no such check
@@ -208,7 +213,7 @@ def _load_another(peft_model: PeftModel, folder: Path, label: str) -> None:
     from safetensors.torch import load_file
 
     saved = load_file(str(weights))
-    loaded = get_peft_model_state_dict(peft_model, adapter_name=label, save_embedding_layers=False)
+    loaded = adapter_tensors(peft_model, label)
     wrong = [
         name for name, tensor in saved.items() if name not in loaded or not torch.equal(loaded[name], tensor)
     ]

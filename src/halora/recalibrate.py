@@ -51,6 +51,7 @@ from halora.distill import TopK, kl_topk, topk_targets
 from halora.encoding import labelled_pair, pad_id, pad_rows, prompt_ids
 from halora.errors import UsageError
 from halora.evaluate import EvalSettings, generate_ids
+from halora.lora import adapter_tensors
 from halora.precision import check_precision
 from halora.settings import check, setting
 from halora.tasks import Example, Task
@@ -323,12 +324,7 @@ def _check_widened(model, settings: RecalSettings) -> None:
 
 def lora_state(model) -> dict[str, torch.Tensor]:
     """A copy of the active adapter's LoRA tensors (PEFT's state-dict names)."""
-    from peft import get_peft_model_state_dict
-
-    return {
-        name: tensor.detach().clone()
-        for name, tensor in get_peft_model_state_dict(model, save_embedding_layers=False).items()
-    }
+    return {name: tensor.detach().clone() for name, tensor in adapter_tensors(model).items()}
 
 
 def _batch_order(n: int, settings: RecalSettings) -> list[list[int]]:

@@ -43,6 +43,7 @@ from torch import nn
 
 from halora.cim import Chip, Placement, canonical_name, rram_layers
 from halora.errors import UsageError
+from halora.lora import adapter_tensors
 
 DAMPING = 1e-4  # ridge on S, relative to its mean eigenvalue: unexcited directions stay put
 
@@ -83,7 +84,7 @@ def widen(model, rank: int, placement: Placement = Placement()):
     """A PeftModel around the same base with the active adapter's LoRA (scaling folded in)
     plus `rank` correction rows on every RRAM layer; the correction starts at zero, so the
     outputs are the source's. The returned model carries its `TwinLayout` as `twin_layout`."""
-    from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
+    from peft import LoraConfig, get_peft_model
 
     if rank < 1:
         raise UsageError(f"the twin correction needs a rank >= 1, got {rank}")
@@ -99,7 +100,7 @@ def widen(model, rank: int, placement: Placement = Placement()):
         {name: float(module.scaling[adapter]) for name, module in sources.items()},
         rram,
     )
-    state = get_peft_model_state_dict(model, save_embedding_layers=False)
+    state = adapter_tensors(model)
     base = model.unload()
     names = list(dict.fromkeys([*sources, *rram]))
     ranks = {name: layout.source_ranks.get(name, 0) + (rank if name in rram else 0) for name in names}
@@ -127,13 +128,8 @@ def _exact(name: str) -> str:
 def embed_state(model, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """A source adapter's state (PEFT state-dict names) in the widened layout: its rows
     first, B times the source scaling, zero correction. A widened state passes unchanged."""
-    from peft import get_peft_model_state_dict
-
     layout: TwinLayout = model.twin_layout
-    wide = {
-        name: torch.zeros_like(tensor)
-        for name, tensor in get_peft_model_state_dict(model, save_embedding_layers=False).items()
-    }
+    wide = {name: torch.zeros_like(tensor) for name, tensor in adapter_tensors(model).items()}
     if all(state.get(name) is not None and state[name].shape == t.shape for name, t in wide.items()):
         return state
     for name, tensor in state.items():
