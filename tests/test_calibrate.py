@@ -8,6 +8,7 @@ import pytest
 
 import halora.calibrate as calibrate_module
 from halora.errors import UsageError
+from halora.sweep import CHIP_SETS
 
 
 def fake_score(slope: float):
@@ -17,7 +18,8 @@ def fake_score(slope: float):
         assert grid.chip_set == "calibration" and evaluation.split == "val"
         sigma = grid.sigmas[0]
         records = [{"spec": "none", "accuracy": 0.8}]
-        records += [{"spec": f"g{sigma}", "accuracy": (80 - slope * sigma) / 100} for _ in grid.seeds]
+        noisy = (80 - slope * sigma) / 100
+        records += [{"spec": f"g{sigma}", "seed": seed, "accuracy": noisy} for seed in grid.seeds]
         return records, None
 
     return score
@@ -31,6 +33,7 @@ def test_finds_the_sigma_of_the_target_drop(monkeypatch):
     assert found.clean == 80 and abs(found.sigma - 0.015) < 0.001 and abs(found.drop - 15) < 1
     assert [sigma for sigma, _ in found.probes] == sorted(sigma for sigma, _ in found.probes)
     assert len(found.probes) == 2 + 6  # 0.01 and 0.02 bracket it, then six bisections
+    assert found.chips and min(found.chips) >= CHIP_SETS["calibration"]  # named, from that set
 
 
 def test_refuses_a_target_the_baseline_never_reaches(monkeypatch):

@@ -102,8 +102,8 @@ def study_report():
 
 def test_study_rows_carry_intervals_and_recovery():
     report = study_report()
-    assert report["chips"]["test"] == {"g": [0, 1, 2], "none": [0]}
-    assert report["chips"]["selection"] == {"g": [1000, 1001, 1002], "none": [1000]}
+    assert report["chips"]["test"] == {"g": [0, 1, 2]}
+    assert report["chips"]["selection"] == {"g": [1000, 1001, 1002]}
     rows = {(r["method"], r["spec"]): r for r in report["final"]["loglik"]["rows"]}
     for row in rows.values():
         assert row["ci95"][0] <= row["accuracy"] <= row["ci95"][1]

@@ -40,6 +40,7 @@ class Calibration:
     drop: float
     clean: float
     probes: list[tuple[float, float]] = field(default_factory=list)
+    chips: list[int] = field(default_factory=list)  # the calibration chip seeds, for the report
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -63,10 +64,13 @@ def calibrate_sigma(
         raise UsageError(f"the calibration target must be a drop of > 0 points, got {target_drop}")
     evaluation = EvalSettings(items=items, eval_batch_size=32, split="val", scorer="loglik")
 
+    chip_seeds: set[int] = set()
+
     def accuracies(sigma: float) -> tuple[float, float]:
         """Task-averaged accuracy % on the clean reference and at `sigma` (every sweep has both)."""
         grid = ChipGrid(sigmas=(sigma,), noise_template=template, chips=chips, chip_set="calibration")
         records, _ = score(model_name, tasks, [adapter], grid, evaluation, out / f"sigma-{sigma:.6g}")
+        chip_seeds.update(r["seed"] for r in records if r["spec"] != "none")
         mean = {
             is_clean: 100
             * statistics.fmean(r["accuracy"] for r in records if (r["spec"] == "none") == is_clean)
@@ -102,4 +106,4 @@ def calibrate_sigma(
             high = middle
     sigma = min(probes, key=lambda probe: abs(clean - probe[1] - target_drop))[0]
     found = dict(probes)[sigma]
-    return Calibration(target_drop, sigma, clean - found, clean, sorted(probes))
+    return Calibration(target_drop, sigma, clean - found, clean, sorted(probes), sorted(chip_seeds))

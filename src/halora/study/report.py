@@ -54,10 +54,14 @@ def time_axis(study: StudySettings) -> dict | None:
 
 
 def chips_by_condition(records: list[dict]) -> dict[str, list[int]]:
-    """The chip seeds found in the records, per condition spec: a report names its chips."""
+    """The chip seeds found in the records, per condition spec: a report names its chips.
+
+    Clean records are left out: they carry a seed field but score the unprogrammed weights,
+    so listing it would read as if that chip had been used."""
     found: dict[str, set[int]] = defaultdict(set)
     for r in records:
-        found[r["spec"]].add(r["seed"])
+        if r["noise"] != "clean":
+            found[r["spec"]].add(r["seed"])
     return {spec: sorted(seeds) for spec, seeds in sorted(found.items())}
 
 
@@ -153,7 +157,8 @@ def _calibration_markdown(calibration: dict | None) -> list[str]:
         "",
         f"sigma {calibration['sigma']:.4g}: the baseline loses {calibration['drop']:.1f} points "
         f"(target {calibration['target_drop']:g}; clean {calibration['clean']:.1f} %) on calibration "
-        f"chips, validation split. Probes (sigma → accuracy %): {probes}.",
+        f"chips{_seed_list(calibration.get('chips'))}, validation split. "
+        f"Probes (sigma → accuracy %): {probes}.",
         "",
     ]
 
@@ -247,11 +252,15 @@ def plot_time(report: dict, out: str | Path) -> list[Path]:
     return written
 
 
+def _seed_list(seeds: list[int] | None) -> str:
+    return " " + ", ".join(map(str, seeds)) if seeds else ""
+
+
 def _chips_markdown(chips: dict[str, dict[str, list[int]]]) -> list[str]:
     """The chip seeds per condition, for selection and test: disjoint sets, named."""
     if not chips:
         return []
-    lines = ["## Chips (seeds per condition)", ""]
+    lines = ["## Chips (seeds per condition)", "", "Clean scores use no chip.", ""]
     for stage, by_spec in chips.items():
         lines += [f"- {stage}, {spec}: " + ", ".join(map(str, seeds)) for spec, seeds in by_spec.items()]
     return [*lines, ""]
