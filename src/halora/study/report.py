@@ -152,12 +152,13 @@ def _calibration_markdown(calibration: dict | None) -> list[str]:
     if not calibration:
         return []
     probes = ", ".join(f"{sigma:.4g} → {accuracy:.1f}" for sigma, accuracy in calibration["probes"])
+    named = " " + _seeds(calibration["chips"]) if calibration.get("chips") else ""  # older runs: none
     return [
         "## Calibrated noise level",
         "",
         f"sigma {calibration['sigma']:.4g}: the baseline loses {calibration['drop']:.1f} points "
         f"(target {calibration['target_drop']:g}; clean {calibration['clean']:.1f} %) on calibration "
-        f"chips{_seed_list(calibration.get('chips'))}, validation split. "
+        f"chips{named}, validation split. "
         f"Probes (sigma → accuracy %): {probes}.",
         "",
     ]
@@ -252,8 +253,8 @@ def plot_time(report: dict, out: str | Path) -> list[Path]:
     return written
 
 
-def _seed_list(seeds: list[int] | None) -> str:
-    return " " + ", ".join(map(str, seeds)) if seeds else ""
+def _seeds(seeds: list[int]) -> str:
+    return ", ".join(map(str, seeds))
 
 
 def _chips_markdown(chips: dict[str, dict[str, list[int]]]) -> list[str]:
@@ -262,7 +263,7 @@ def _chips_markdown(chips: dict[str, dict[str, list[int]]]) -> list[str]:
         return []
     lines = ["## Chips (seeds per condition)", "", "Clean scores use no chip.", ""]
     for stage, by_spec in chips.items():
-        lines += [f"- {stage}, {spec}: " + ", ".join(map(str, seeds)) for spec, seeds in by_spec.items()]
+        lines += [f"- {stage}, {spec}: {_seeds(seeds)}" for spec, seeds in by_spec.items()]
     return [*lines, ""]
 
 
